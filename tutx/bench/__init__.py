@@ -1,4 +1,5 @@
 """Benchmarking helpers (Chapter 8 grows the full suite from these)."""
+from tutx.bench.report import markdown_table, show_table
 from tutx.bench.timing import Timing, timeit
 
-__all__ = ["Timing", "timeit"]
+__all__ = ["Timing", "timeit", "markdown_table", "show_table"]

@@ -1,0 +1,20 @@
+import pytest
+
+from tutx.bench import markdown_table
+
+
+def test_markdown_table_formats_and_aligns():
+    text = markdown_table([{"model": "a", "params": 1234567, "ppl": 12.3456}, {"model": "b", "params": 7, "ppl": 1.0}])
+    lines = text.splitlines()
+    assert lines[0] == "| model | params | ppl |"
+    assert lines[1] == "|:---|---:|---:|"
+    assert lines[2] == "| a | 1,234,567 | 12.35 |"
+    assert lines[3] == "| b | 7 | 1.00 |"
+
+
+def test_markdown_table_column_selection_and_errors():
+    assert markdown_table([{"a": 1, "b": 2}], columns=["b"]).splitlines()[2] == "| 2 |"
+    with pytest.raises(ValueError, match="rows"):
+        markdown_table([])
+    with pytest.raises(ValueError, match=r"rows\[1\]: missing column"):
+        markdown_table([{"a": 1}, {"b": 2}])

@@ -1,0 +1,23 @@
+import pytest
+
+import tutx
+from tutx.bench import timeit
+
+
+def test_show_prints_the_real_source(capsys):
+    src = tutx.show(timeit)
+    out = capsys.readouterr().out
+    assert src.startswith("def timeit(") and "perf_counter" in src
+    assert out.strip() == src.strip()
+
+
+def test_show_classes_and_quiet_mode(capsys):
+    src = tutx.show(tutx.bench.Timing, print_it=False)
+    assert src.startswith("@dataclass") and "class Timing" in src
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("bad", ["timeit", 3, None])
+def test_show_rejects_non_code(bad):
+    with pytest.raises(TypeError, match="show\\(obj\\)"):
+        tutx.show(bad)
