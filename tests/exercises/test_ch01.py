@@ -1,0 +1,97 @@
+"""Chapter 1's checks accept right answers, reject wrong ones and say which case failed."""
+import math
+
+import pytest
+
+import tutx.exercises
+from tutx.exercises import ch01
+from tutx.exercises._check import run_cases
+
+
+def kv_right(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem):
+    return 2 * num_layers * num_kv_heads * head_dim * batch * seq_len * bytes_per_elem
+
+
+def kv_forgets_values(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem):
+    return num_layers * num_kv_heads * head_dim * batch * seq_len * bytes_per_elem
+
+
+def batch_by_search(spec, hardware, dtype, context_len):
+    b = 1
+    while spec.decode_intensity(dtype, b, context_len) < hardware.ridge_point(dtype):
+        b += 1
+    return b
+
+
+def batch_ignoring_kv(spec, hardware, dtype, context_len):
+    """Right at context 0, where the model size cancels out; wrong once the KV cache is read."""
+    return math.ceil(hardware.ridge_point(dtype) * {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}[dtype] / 2)
+
+
+def test_lazy_chapter_modules():
+    assert tutx.exercises.ch01 is ch01
+    assert "ch01" in dir(tutx.exercises)
+    with pytest.raises(AttributeError, match="ch99"):
+        tutx.exercises.ch99
+    with pytest.raises(AttributeError):
+        tutx.exercises.nonsense
+
+
+def test_correct_solutions_pass(capsys):
+    ch01.check_kv_cache_bytes(kv_right)
+    ch01.check_decode_ceiling(lambda param_bytes, bandwidth: bandwidth / param_bytes)
+    ch01.check_memory_bound_batch(batch_by_search)
+    out = capsys.readouterr().out
+    assert "✅ check_kv_cache_bytes: all 5 cases passed" in out
+    assert "✅ check_decode_ceiling: all 5 cases passed" in out
+    assert "✅ check_memory_bound_batch: all 6 cases passed" in out
+
+
+def test_wrong_kv_cache_names_the_case_expected_and_got():
+    with pytest.raises(AssertionError) as err:
+        ch01.check_kv_cache_bytes(kv_forgets_values)
+    msg = str(err.value)
+    assert "case 1/5 fn(32, 8, 128, 1, 8192, 2)" in msg
+    assert "returned 536870912" in msg and "expected 1073741824" in msg
+
+
+def test_wrong_decode_ceiling_fails():
+    with pytest.raises(AssertionError, match="check_decode_ceiling: case 1/5"):
+        ch01.check_decode_ceiling(lambda param_bytes, bandwidth: param_bytes / bandwidth)
+    with pytest.raises(AssertionError, match="returned '1'"):
+        ch01.check_decode_ceiling(lambda param_bytes, bandwidth: "1")
+
+
+def test_memory_bound_batch_catches_forgetting_the_kv_cache():
+    with pytest.raises(AssertionError, match=r"case 5/6 .*'bf16', 128\) returned 296, expected 438"):
+        ch01.check_memory_bound_batch(batch_ignoring_kv)
+
+
+def test_an_exception_in_the_learner_code_becomes_a_failed_case():
+    def broken(*args):
+        raise ZeroDivisionError("oops")
+
+    with pytest.raises(AssertionError, match="case 1/5 .* raised ZeroDivisionError: oops"):
+        ch01.check_kv_cache_bytes(broken)
+
+
+@pytest.mark.parametrize("check", [ch01.check_kv_cache_bytes, ch01.check_decode_ceiling,
+                                   ch01.check_memory_bound_batch])
+def test_checks_want_a_callable(check):
+    with pytest.raises(TypeError, match="expected a function"):
+        check(42)
+
+
+def test_run_cases_tolerance_and_arguments(capsys):
+    ref = lambda x: x * 1.0  # noqa: E731
+    run_cases("close", lambda x: x * 1.001, ref, [(1,), (2,)], rel_tol=1e-2)
+    assert "✅ close: all 2 cases passed" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"case 2/2 fn\(2\) returned 2.002, expected 2.0"):
+        run_cases("tight", lambda x: x * 1.001 if x == 2 else x, ref, [(1,), (2,)], rel_tol=1e-6)
+    with pytest.raises(AssertionError, match="returned True"):
+        run_cases("bool", lambda x: True, ref, [(1,)])
+    run_cases("exact", lambda s: s.upper(), str.upper, [("a",)])
+    with pytest.raises(ValueError, match="rel_tol=-1"):
+        run_cases("x", ref, ref, [(1,)], rel_tol=-1)
+    with pytest.raises(ValueError, match="cases"):
+        run_cases("x", ref, ref, [])
