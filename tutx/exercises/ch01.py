@@ -10,26 +10,15 @@ from functools import lru_cache
 
 from tutx.exercises._check import run_cases
 from tutx.hardware import HARDWARE
+from tutx.configs import get_spec
 from tutx.scaling import ModelSpec, kv_cache_bytes, memory_bound_batch, memory_bound_tokens_per_s
 
 __all__ = ["check_kv_cache_bytes", "check_decode_ceiling", "check_memory_bound_batch", "specs"]
 
-# Real configurations (from each model's config.json), written out so no download is needed.
-_CONFIGS = {
-    "GPT-2": dict(model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
-    "Llama-2-7B": dict(model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008),
-    "Llama-3-8B": dict(model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336),
-    "Mistral-7B": dict(model_type="mistral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336),
-}
-
-
 @lru_cache(maxsize=None)
 def specs() -> dict[str, ModelSpec]:
     """The model shapes the checks use, by name."""
-    return {name: ModelSpec.from_config(cfg, name=name) for name, cfg in _CONFIGS.items()}
+    return {name: get_spec(name) for name in ("GPT-2", "Llama-2-7B", "Llama-3.1-8B", "Mistral-7B")}
 
 
 def check_kv_cache_bytes(fn) -> None:
@@ -54,7 +43,7 @@ def check_decode_ceiling(fn) -> None:
     bandwidth, not FLOP/s, sets the ceiling.
     """
     s = specs()
-    combos = [("Llama-3-8B", "H100-SXM", "bf16"), ("Llama-3-8B", "A100-40GB", "int8"),
+    combos = [("Llama-3.1-8B", "H100-SXM", "bf16"), ("Llama-3.1-8B", "A100-40GB", "int8"),
               ("Mistral-7B", "L4", "int4"), ("GPT-2", "T4", "fp16"), ("Llama-2-7B", "laptop-cpu", "bf16")]
     cases = [(s[m].decode_bytes_per_token(d), HARDWARE[h].memory_bandwidth) for m, h, d in combos]
     run_cases("check_decode_ceiling", fn, memory_bound_tokens_per_s, cases, rel_tol=1e-6)
@@ -69,11 +58,11 @@ def check_memory_bound_batch(fn) -> None:
     """
     s = specs()
     cases = [
-        (s["Llama-3-8B"], HARDWARE["H100-SXM"], "bf16", 0),
+        (s["Llama-3.1-8B"], HARDWARE["H100-SXM"], "bf16", 0),
         (s["GPT-2"], HARDWARE["A100-40GB"], "bf16", 0),
         (s["Mistral-7B"], HARDWARE["L4"], "fp8", 0),
         (s["GPT-2"], HARDWARE["T4"], "fp32", 0),
-        (s["Llama-3-8B"], HARDWARE["H100-SXM"], "bf16", 128),  # the KV cache raises the bar
+        (s["Llama-3.1-8B"], HARDWARE["H100-SXM"], "bf16", 128),  # the KV cache raises the bar
         (s["Llama-2-7B"], HARDWARE["A100-80GB"], "fp16", 64),
     ]
     run_cases("check_memory_bound_batch", fn, memory_bound_batch, cases, rel_tol=0)
