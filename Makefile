@@ -37,8 +37,11 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 
+# Unit tests (Triton kernels through the interpreter, set up by tests/conftest.py), then every
+# notebook through nbval in a second run, so notebook kernels never inherit the interpreter.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg tests notebooks
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow"

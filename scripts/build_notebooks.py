@@ -2,7 +2,8 @@
 
 The source of each chapter is a plain Python file in "percent" format under ``notebooks/src/``
 (readable diffs, easy review): ``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell
-whose lines start with ``# ``. This script turns each source into ``notebooks/NN_name.ipynb``,
+whose lines start with ``# ``, and ``# %% [solution]`` a code cell of a worked solution (collapsed
+in Jupyter; in the book it sits between ``{solution-start}`` and ``{solution-end}`` directives). This script turns each source into ``notebooks/NN_name.ipynb``,
 executes it top to bottom on this machine (the CPU run the book shows), and reports the time.
 ``tests/test_notebooks_meta.py`` checks that sources and notebooks agree.
 
@@ -25,11 +26,11 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
-    """Split a percent-format source into ``(kind, source)`` cells, kind "code" or "markdown"."""
+    """Split a percent-format source into ``(kind, source)`` cells: "code", "solution" or "markdown"."""
     cells: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
         if line.startswith("# %%"):
-            kind = "markdown" if "[markdown]" in line else "code"
+            kind = "markdown" if "[markdown]" in line else "solution" if "[solution]" in line else "code"
             cells.append((kind, []))
             continue
         if not cells:
@@ -50,9 +51,12 @@ def to_notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     nb.metadata["kernelspec"] = KERNELSPEC
     nb.metadata["language_info"] = {"name": "python"}
     for kind, source in cells:
-        new = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+        new = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
         cell = new(source)
         cell.pop("id", None)
+        if kind == "solution":
+            cell.metadata["tags"] = ["solution"]
+            cell.metadata["jupyter"] = {"source_hidden": True}
         nb.cells.append(cell)
     nbformat.validator.normalize(nb)
     return nb

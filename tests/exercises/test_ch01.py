@@ -95,3 +95,25 @@ def test_run_cases_tolerance_and_arguments(capsys):
         run_cases("x", ref, ref, [(1,)], rel_tol=-1)
     with pytest.raises(ValueError, match="cases"):
         run_cases("x", ref, ref, [])
+
+
+def test_an_unsolved_stub_is_not_an_error(capsys):
+    def stub(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem):
+        ...
+
+    def raises(*args):
+        raise NotImplementedError
+
+    assert ch01.check_kv_cache_bytes(stub) is False
+    assert ch01.check_decode_ceiling(raises) is False
+    out = capsys.readouterr().out
+    assert out.count("not solved yet") == 2 and "✅" not in out
+    assert ch01.check_kv_cache_bytes(kv_right) is True
+
+
+def test_none_after_the_first_case_is_a_failure():
+    def half_done(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem):
+        return kv_right(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem) if batch == 1 else None
+
+    with pytest.raises(AssertionError, match="returned None"):
+        ch01.check_kv_cache_bytes(half_done)
