@@ -1,0 +1,149 @@
+"""Input checks and small helpers shared by the attention kernels (dense, decode, sliding window).
+
+Every check raises a ``TypeError`` / ``ValueError`` that names the argument, the value it got and
+what was expected (DESIGN.md, *Errors*), so the wrappers stay short and behave alike.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from tutx.kernels._dispatch import interpreter_enabled
+
+LOG2E = 1.4426950408889634  # log2(e): softmax in base 2, exp(x) == exp2(x * LOG2E)
+SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the tile widths the dense kernels are compiled for
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_tensor(name: str, x, ndim: int, layout: str) -> None:
+    """``x`` is a tensor with ``ndim`` dimensions (``layout`` names them in the message)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"{name}: expected every dimension >= 1 {layout}, got shape {tuple(x.shape)}")
+
+
+def check_float_dtypes(**tensors: torch.Tensor) -> torch.dtype:
+    """All tensors share one floating dtype among fp16 / bf16 / fp32; return it."""
+    (first, x), *rest = tensors.items()
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{first}: expected dtype float16, bfloat16 or float32, got {x.dtype}")
+    for name, y in rest:
+        if y.dtype != x.dtype:
+            raise TypeError(f"{name}: expected the dtype of {first} ({x.dtype}), got {y.dtype}")
+    return x.dtype
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    (first, x), *rest = tensors.items()
+    for name, y in rest:
+        if y.device != x.device:
+            raise ValueError(f"{name}: expected the device of {first} ({x.device}), got {y.device}")
+
+
+def check_kernel_dtype(dtype: torch.dtype, device_type: str, capability: tuple[int, int] | None) -> None:
+    """The Triton kernels run fp16/bf16 on a GPU; fp32 only through the CPU interpreter.
+
+    fp32 on CUDA would silently run the matmuls in TF32 (10-bit mantissa), and bf16 needs the
+    tensor cores of sm_80+ (a T4 is sm_75): both are refused rather than run imprecisely or slowly.
+    """
+    if device_type != "cuda":
+        return
+    if dtype == torch.float32:
+        raise TypeError("q: the Triton kernel on CUDA expects float16 or bfloat16, got torch.float32; "
+                        "cast with .half() / .bfloat16() (fp32 runs only on CPU)")
+    if dtype == torch.bfloat16 and capability is not None and capability < (8, 0):
+        raise TypeError(f"q: bfloat16 needs a GPU of compute capability >= 8.0, this one is "
+                        f"{capability[0]}.{capability[1]}; use float16 instead")
+
+
+def cuda_capability(x: torch.Tensor) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None
+
+
+def resolve_scale(sm_scale, head_dim: int) -> float:
+    """The softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
+    if sm_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale: expected a positive float or None, got {type(sm_scale).__name__}")
+    if not math.isfinite(sm_scale) or sm_scale <= 0:
+        raise ValueError(f"sm_scale: expected a positive finite float, got {sm_scale!r}")
+    return float(sm_scale)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The smallest supported kernel head dim >= ``head_dim`` (zero columns change no dot product)."""
+    for d in SUPPORTED_HEAD_DIMS:
+        if head_dim <= d:
+            return d
+    raise ValueError(f"head_dim: expected at most {SUPPORTED_HEAD_DIMS[-1]} (kernels support "
+                     f"{SUPPORTED_HEAD_DIMS}, smaller dims are zero-padded), got {head_dim}")
+
+
+def check_qkv(q, k, v, causal: bool) -> None:
+    """Shapes of dense attention: q ``[B, Hq, S_q, D]``, k and v ``[B, Hkv, S_k, D]``."""
+    check_tensor("q", q, 4, "[B, Hq, S_q, D]")
+    check_tensor("k", k, 4, "[B, Hkv, S_k, D]")
+    check_tensor("v", v, 4, "[B, Hkv, S_k, D]")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    check_float_dtypes(q=q, k=k, v=v)
+    check_same_device(q=q, k=k, v=v)
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    (b, hq, s_q, d), (bk, hkv, s_k, dk) = q.shape, k.shape
+    if bk != b:
+        raise ValueError(f"k: expected batch {b} (from q), got {bk}")
+    if dk != d:
+        raise ValueError(f"k: expected head_dim {d} (from q), got {dk}")
+    if hq % hkv:
+        raise ValueError(f"k: expected a number of heads dividing q's {hq} (GQA/MQA), got {hkv}")
+    if causal and s_q > s_k:
+        raise ValueError(f"q: causal attention aligns queries to the end of the keys and needs "
+                         f"S_q <= S_k, got S_q={s_q} > S_k={s_k}")
+    padded_head_dim(d)
+
+
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Kernels take any batch/head/sequence strides but assume unit stride along the head dim."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def autotune_configs(table: dict, m_name: str, n_name: str, interpreter_blocks: tuple[int, int]):
+    """``triton.Config`` list for a kernel tiled ``m_name`` x ``n_name``.
+
+    ``table`` maps ``"small_d"`` (head dim <= 64) and ``"d128"`` to (BM, BN, warps, stages)
+    tuples; :func:`head_dim_pruner` keeps only the row for the launch's head dim, so the autotuner
+    compiles and times 3-4 configs, not all. The interpreter gets one small config: autotuning it
+    would only multiply the (slow) interpreted runs, and small blocks exercise the multi-block
+    loops at test-sized shapes.
+    """
+    if interpreter_enabled():
+        bm, bn = interpreter_blocks
+        return [triton.Config({m_name: bm, n_name: bn}, num_warps=4, num_stages=1)]
+    rows = list(dict.fromkeys(row for rows in table.values() for row in rows))
+    return [triton.Config({m_name: bm, n_name: bn}, num_warps=w, num_stages=s) for bm, bn, w, s in rows]
+
+
+def seq_bucket(n: int) -> int:
+    """Autotuning key for a sequence length: the next power of two, so that a server seeing every
+    length from 1 to 8k tunes ~14 times, not 8k times (the kernels ignore these arguments)."""
+    return triton.next_power_of_2(n)
+
+
+def head_dim_pruner(table: dict, m_name: str, n_name: str):
+    """An ``early_config_prune`` hook keeping the configs ``table`` lists for the launch's HEAD_DIM."""
+
+    def prune(configs, named_args, **kwargs):
+        head_dim = {**named_args, **kwargs}["HEAD_DIM"]
+        wanted = set(table["d128" if head_dim > 64 else "small_d"])
+        kept = [c for c in configs
+                if (c.kwargs[m_name], c.kwargs[n_name], c.num_warps, c.num_stages) in wanted]
+        return kept or configs
+
+    return prune
