@@ -1,0 +1,14 @@
+"""The tiny Shakespeare LM shipped with tutx, model loading, perplexity and KV-cache size.
+
+``load_tiny()`` gives ``(model, tokenizer)`` offline in well under a second;
+``load(name_or_path)`` also takes a local folder or a Hugging Face Hub name;
+``perplexity(model, tokenizer, heldout_text())`` is the quality score the chapters track.
+"""
+from tutx.models.kv import kv_cache_nbytes
+from tutx.models.loading import load
+from tutx.models.perplexity import perplexity
+from tutx.models.tiny import (SPECIAL_TOKEN, TINY_DIR, heldout_text, load_tiny, load_tiny_tokenizer,
+                              tiny_config)
+
+__all__ = ["load", "load_tiny", "load_tiny_tokenizer", "tiny_config", "heldout_text", "perplexity",
+           "kv_cache_nbytes", "TINY_DIR", "SPECIAL_TOKEN"]
