@@ -163,7 +163,8 @@ show_table([
 # machine to machine (and nbval does not compare them).
 
 # %%
-# NBVAL_IGNORE_OUTPUT  (timings depend on the machine)
+# NBVAL_IGNORE_OUTPUT
+# (timings depend on the machine)
 PROMPT_LEN, NEW_TOKENS = 128, 32
 gen = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
 prompt_ids = tokenizer(heldout, return_tensors="pt").input_ids[:, :PROMPT_LEN].to(device)
@@ -189,7 +190,8 @@ print(f"time per output token (batch 1): {tpot * 1e3:.2f} ms")
 show_table(rows)
 
 # %%
-# NBVAL_IGNORE_OUTPUT  (plots measured timings)
+# NBVAL_IGNORE_OUTPUT
+# (plots measured timings)
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
 bs = [r["batch"] for r in rows]
 ax[0].plot(bs, [r["tokens/s"] for r in rows], "o-")
@@ -211,7 +213,8 @@ plt.show()
 # (change it to your own): a small 2-vCPU cloud VM rents for roughly \$0.10 an hour.
 
 # %%
-# NBVAL_IGNORE_OUTPUT  (derived from the timings above)
+# NBVAL_IGNORE_OUTPUT
+# (derived from the timings above)
 CPU_DOLLARS_PER_HOUR = 0.10  # assumption: a 2-vCPU cloud VM; put your own price here
 best = max(rows, key=lambda r: r["tokens/s"])
 show_table([
