@@ -4,11 +4,12 @@ from __future__ import annotations
 import inspect
 
 
-def show(obj, *, print_it: bool = True) -> str:
-    """Print (and return) the source code of ``obj`` — a function, method, class or module.
+def show(obj, *, print_it: bool = True) -> str | None:
+    """Print the source code of ``obj`` — a function, method, class or module.
 
     Notebooks call this instead of copying code into the page, so the book and the
-    package can never drift apart.
+    package can never drift apart. With ``print_it=False`` the source is returned instead
+    (returning it while printing would make a notebook show it twice).
     """
     if isinstance(obj, str) or not (
         inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj) or inspect.ismodule(obj)
@@ -17,6 +18,7 @@ def show(obj, *, print_it: bool = True) -> str:
             f"show(obj): expected a function, method, class or module, got {type(obj).__name__}"
         )
     source = inspect.getsource(obj)
-    if print_it:
-        print(source.rstrip("\n"))
-    return source
+    if not print_it:
+        return source
+    print(source.rstrip("\n"))
+    return None

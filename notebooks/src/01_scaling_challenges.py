@@ -25,6 +25,10 @@ if "google.colab" in sys.modules:
     %pip install -q "tutx @ git+https://github.com/tutx-course/scaling-and-optimization"
 
 # %%
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: text progress bars
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch

@@ -104,11 +104,10 @@ def test_an_unsolved_stub_is_not_an_error(capsys):
     def raises(*args):
         raise NotImplementedError
 
-    assert ch01.check_kv_cache_bytes(stub) is False
-    assert ch01.check_decode_ceiling(raises) is False
+    ch01.check_kv_cache_bytes(stub)
+    ch01.check_decode_ceiling(raises)
     out = capsys.readouterr().out
     assert out.count("not solved yet") == 2 and "✅" not in out
-    assert ch01.check_kv_cache_bytes(kv_right) is True
 
 
 def test_none_after_the_first_case_is_a_failure():

@@ -27,14 +27,14 @@ def run_cases(
     cases: Sequence[tuple],
     rel_tol: float = 1e-6,
     abs_tol: float = 0.0,
-) -> bool:
+) -> None:
     """Call ``fn(*args)`` for every case and compare with ``reference(*args)``.
 
     Numbers match within ``rel_tol`` (relative) or ``abs_tol``; anything else must be equal.
-    Prints ``✅ name: all N cases passed`` and returns True, or raises ``AssertionError`` for
+    Prints ``✅ name: all N cases passed``, or raises ``AssertionError`` for
     the first failure. A function that is still the exercise's stub (its body is ``...``, so it
     returns None, or it raises ``NotImplementedError``) is not a failure: the check says
-    "not solved yet" and returns False, so a notebook runs top to bottom before you start.
+    "not solved yet", so a notebook runs top to bottom before you start.
     """
     check_fn(fn, name)
     for tol_name, tol in (("rel_tol", rel_tol), ("abs_tol", abs_tol)):
@@ -56,7 +56,7 @@ def run_cases(
         if got is None and expected is not None and k == 1:
             print(f"✏️ {name}: not solved yet ({_call(args)} returned None). "
                   "Write the body of your function and run this cell again.")
-            return False
+            return
         if isinstance(expected, Real) and not isinstance(expected, bool):
             ok = isinstance(got, Real) and not isinstance(got, bool) and math.isclose(
                 got, expected, rel_tol=rel_tol, abs_tol=abs_tol
@@ -69,4 +69,3 @@ def run_cases(
                 + (f" (relative tolerance {rel_tol:g})" if isinstance(expected, Real) and rel_tol else "")
             )
     print(f"✅ {name}: all {len(cases)} cases passed")
-    return True

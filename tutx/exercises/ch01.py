@@ -21,7 +21,7 @@ def specs() -> dict[str, ModelSpec]:
     return {name: get_spec(name) for name in ("GPT-2", "Llama-2-7B", "Llama-3.1-8B", "Mistral-7B")}
 
 
-def check_kv_cache_bytes(fn) -> bool:
+def check_kv_cache_bytes(fn) -> None:
     """``fn(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem) -> bytes``.
 
     The KV cache stores a key and a value vector per layer, KV head and cached position.
@@ -33,10 +33,10 @@ def check_kv_cache_bytes(fn) -> bool:
         (12, 12, 64, 8, 1024, 4),  # GPT-2, fp32
         (3, 1, 40, 5, 11, 0.5),  # odd sizes, multi-query attention, int4
     ]
-    return run_cases("check_kv_cache_bytes", fn, kv_cache_bytes, cases, rel_tol=1e-9)
+    run_cases("check_kv_cache_bytes", fn, kv_cache_bytes, cases, rel_tol=1e-9)
 
 
-def check_decode_ceiling(fn) -> bool:
+def check_decode_ceiling(fn) -> None:
     """``fn(param_bytes_read_per_token, bandwidth_bytes_per_s) -> tokens/s``.
 
     At batch 1 every generated token streams the weights from memory once, so memory
@@ -46,10 +46,10 @@ def check_decode_ceiling(fn) -> bool:
     combos = [("Llama-3.1-8B", "H100-SXM", "bf16"), ("Llama-3.1-8B", "A100-40GB", "int8"),
               ("Mistral-7B", "L4", "int4"), ("GPT-2", "T4", "fp16"), ("Llama-2-7B", "laptop-cpu", "bf16")]
     cases = [(s[m].decode_bytes_per_token(d), HARDWARE[h].memory_bandwidth) for m, h, d in combos]
-    return run_cases("check_decode_ceiling", fn, memory_bound_tokens_per_s, cases, rel_tol=1e-6)
+    run_cases("check_decode_ceiling", fn, memory_bound_tokens_per_s, cases, rel_tol=1e-6)
 
 
-def check_memory_bound_batch(fn) -> bool:
+def check_memory_bound_batch(fn) -> None:
     """``fn(spec, hardware, dtype, context_len) -> int``: the smallest decode batch that is no
     longer memory-bound, i.e. whose arithmetic intensity reaches ``hardware.ridge_point(dtype)``.
 
@@ -65,4 +65,4 @@ def check_memory_bound_batch(fn) -> bool:
         (s["Llama-3.1-8B"], HARDWARE["H100-SXM"], "bf16", 128),  # the KV cache raises the bar
         (s["Llama-2-7B"], HARDWARE["A100-80GB"], "fp16", 64),
     ]
-    return run_cases("check_memory_bound_batch", fn, memory_bound_batch, cases, rel_tol=0)
+    run_cases("check_memory_bound_batch", fn, memory_bound_batch, cases, rel_tol=0)
