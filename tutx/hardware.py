@@ -97,6 +97,10 @@ def _check_positive(name: str, value) -> None:
 
 _NV = "https://www.nvidia.com/content/dam/en-zz/Solutions"
 
+# The two A100s differ only in memory size and bandwidth.
+_A100_PEAKS = {"fp32": 19.5 * T, "tf32": 156 * T, "fp16": 312 * T, "bf16": 312 * T, "int8": 624 * T}
+_A100_SOURCE = f"{_NV}/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf"
+
 HARDWARE: dict[str, Hardware] = {
     h.name: h
     for h in [
@@ -120,17 +124,17 @@ HARDWARE: dict[str, Hardware] = {
         # Ampere, sm_80 (SXM; the 40GB PCIe card has the same rates and bandwidth).
         Hardware(
             "A100-40GB",
-            {"fp32": 19.5 * T, "tf32": 156 * T, "fp16": 312 * T, "bf16": 312 * T, "int8": 624 * T},
+            _A100_PEAKS,
             1555 * G,
             40 * G,
-            f"{_NV}/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf",
+            _A100_SOURCE,
         ),
         Hardware(
             "A100-80GB",
-            {"fp32": 19.5 * T, "tf32": 156 * T, "fp16": 312 * T, "bf16": 312 * T, "int8": 624 * T},
+            _A100_PEAKS,
             2039 * G,
             80 * G,
-            f"{_NV}/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf",
+            _A100_SOURCE,
         ),
         # Hopper, sm_90. Dense rates from the H100 whitepaper (datasheet's sparse ÷ 2).
         Hardware(

@@ -109,6 +109,17 @@ def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.con
 
 # ----------------------------------------------------------------------------- INT8 weight-only
 @triton.jit
+def store_tile(out_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_om, stride_on, ATOMIC: tl.constexpr):
+    """Write an fp32 ``[BM, BN]`` tile: atomically added for split-K (fp32 output), else cast and stored."""
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    mask = mask_m[:, None] & mask_n[None, :]
+    if ATOMIC:
+        tl.atomic_add(out_ptrs, acc, mask=mask)
+    else:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def int8_weight_only_matmul_kernel(
         x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, M_BUCKET,
         stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
@@ -132,11 +143,7 @@ def int8_weight_only_matmul_kernel(
             acc = tl.dot(x, w.to(x.dtype), acc)
     scale = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
     acc = acc * scale[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    if ATOMIC:
-        tl.atomic_add(out_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-    else:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    store_tile(out_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_om, stride_on, ATOMIC)
 
 
 if interpreter_enabled():  # one config each: the interpreter would "benchmark" every config

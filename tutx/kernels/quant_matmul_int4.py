@@ -32,6 +32,7 @@ from tutx.kernels.quant_matmul import (
     check_same_device,
     config,
     launch_weight_only,
+    store_tile,
     tile_ids,
 )
 
@@ -72,11 +73,7 @@ def int4_weight_only_matmul_kernel(
         s = tl.load(s_ptr + offs_n * stride_sn + g * stride_sg, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
         z = tl.load(z_ptr + offs_n * stride_zn + g * stride_zg, mask=mask_n, other=0).to(tl.float32)  # [BN]
         acc += (part - x_sum[:, None] * z[None, :]) * s[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    if ATOMIC:
-        tl.atomic_add(out_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-    else:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    store_tile(out_ptr, acc, offs_m, offs_n, mask_m, mask_n, stride_om, stride_on, ATOMIC)
 
 
 if interpreter_enabled():  # one config each: the interpreter would "benchmark" every config
