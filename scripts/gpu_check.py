@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         modules = [p for p in modules if p.stem in args.only]
 
     results: dict = {"environment": _environment(), "errors": {}, "seconds": {}}
+    device = re.sub(r"[^A-Za-z0-9]+", "-", results["environment"]["device"]).strip("-")
+    stamp = results["environment"]["date"][:10]
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / f"gpu_check-{device}-{stamp}.json"
     for path in modules:
         start = time.perf_counter()
         print(f"== {path.stem}", flush=True)
@@ -67,13 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][path.stem] = traceback.format_exc()
             print(results["errors"][path.stem], flush=True)
         results["seconds"][path.stem] = round(time.perf_counter() - start, 1)
-
-    device = re.sub(r"[^A-Za-z0-9]+", "-", results["environment"]["device"]).strip("-")
-    stamp = results["environment"]["date"][:10]
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / f"gpu_check-{device}-{stamp}.json"
-    target.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print(f"wrote {target}")
+        # written after every area, so a run stopped at its time limit keeps what it measured
+        target.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        print(f"wrote {target}", flush=True)
     return 1 if results["errors"] else 0
 
 

@@ -16,6 +16,8 @@ the backward as 2.5x the forward (five matmuls, one of them the recomputed ``q k
 """
 from __future__ import annotations
 
+import traceback
+
 import torch
 
 from tutx.bench import timeit
@@ -167,10 +169,17 @@ def run(results: dict) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/attention.py needs a CUDA GPU")
     rows = results.setdefault("attention", [])
-    rows.append(check_correctness())
-    bench_dense(rows)
-    bench_sliding_window(rows)
-    bench_decode(rows)
+    failures = []
+    for step in (lambda: rows.append(check_correctness()), lambda: bench_dense(rows),
+                 lambda: bench_sliding_window(rows), lambda: bench_decode(rows)):
+        try:  # one failing step must not lose the others' rows
+            step()
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            failures.append(f"{type(err).__name__}: {err}"[:500])
+            rows.append({"op": "error", "error": failures[-1]})
+    if failures:
+        raise RuntimeError(f"{len(failures)} attention step(s) failed: {failures}")
 
 
 if __name__ == "__main__":

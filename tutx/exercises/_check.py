@@ -69,3 +69,64 @@ def run_cases(
                 + (f" (relative tolerance {rel_tol:g})" if isinstance(expected, Real) and rel_tol else "")
             )
     print(f"✅ {name}: all {len(cases)} cases passed")
+
+
+def _describe(a) -> str:
+    try:
+        import torch
+
+        if isinstance(a, torch.Tensor):
+            return f"tensor(shape={tuple(a.shape)}, dtype={a.dtype})"
+    except ImportError:  # pragma: no cover
+        pass
+    return repr(a)
+
+
+def run_tensor_cases(
+    name: str,
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[tuple],
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """Like :func:`run_cases`, for functions that return a tensor or a tuple of tensors.
+
+    Shapes and dtypes must match exactly, values within ``torch.testing.assert_close``'s
+    ``rtol``/``atol``; the message names the case (arguments described by shape and dtype).
+    """
+    import torch
+
+    check_fn(fn, name)
+    if not cases:
+        raise ValueError(f"cases={cases!r}: expected at least one case")
+    for k, args in enumerate(cases, start=1):
+        call = "fn(" + ", ".join(_describe(a) for a in args) + ")"
+        expected = reference(*args)
+        try:
+            got = fn(*args)
+        except NotImplementedError:
+            got = None
+        except Exception as exc:
+            raise AssertionError(f"{name}: case {k}/{len(cases)} {call} raised {type(exc).__name__}: {exc}") from exc
+        if got is None and k == 1:
+            print(f"✏️ {name}: not solved yet ({call} returned None). "
+                  "Write the body of your function and run this cell again.")
+            return
+        exp_items = expected if isinstance(expected, tuple) else (expected,)
+        got_items = got if isinstance(got, tuple) else (got,)
+        if len(got_items) != len(exp_items):
+            raise AssertionError(f"{name}: case {k}/{len(cases)} {call} returned {len(got_items)} value(s), "
+                                 f"expected {len(exp_items)}")
+        for i, (g, e) in enumerate(zip(got_items, exp_items)):
+            where = f"{name}: case {k}/{len(cases)} {call}" + (f", output {i}" if len(exp_items) > 1 else "")
+            if not isinstance(g, torch.Tensor):
+                raise AssertionError(f"{where} returned {type(g).__name__}, expected a tensor")
+            if g.shape != e.shape or g.dtype != e.dtype:
+                raise AssertionError(f"{where} returned shape {tuple(g.shape)} {g.dtype}, "
+                                     f"expected {tuple(e.shape)} {e.dtype}")
+            try:
+                torch.testing.assert_close(g, e, rtol=rtol, atol=atol)
+            except AssertionError as err:
+                raise AssertionError(f"{where}: values differ. {err}") from None
+    print(f"✅ {name}: all {len(cases)} cases passed")

@@ -221,7 +221,7 @@ def int8_matmul_rescale_kernel(
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + k[:, None] * stride_wk,
                     mask=mask_n[None, :] & (k[:, None] < K), other=0)  # [BK, BN] int8
         if INT8_DOT:
-            acc = tl.dot(x, w, acc)
+            acc = tl.dot(x, w, acc, out_dtype=tl.int32)  # Triton 3.6 needs the int32 named
         else:  # int8 is exact in fp16; fp16 tensor cores multiply exactly and accumulate in fp32
             acc = tl.dot(x.to(tl.float16), w.to(tl.float16), acc)
     xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)  # [BM] per-token scales
