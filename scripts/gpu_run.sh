@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One device call: the GPU check (results JSON) first, then the gpu-marked tests.
-# Usage on the lent GPU machine (repo root):  bash scripts/gpu_run.sh [CHECK_SECONDS] [TEST_SECONDS]
-# Everything lands in $OUT (or ./gpu_out): the results JSON and two logs.
+# Usage on the lent GPU machine (repo root):
+#   GPU_CHECK_ONLY="quant sparse_decode" GPU_TESTS="tests/kernels" bash scripts/gpu_run.sh [CHECK_S] [TEST_S]
+# Everything lands in $OUT (or ./gpu_out): the results JSON and the logs.
 set -u
 out=${OUT:-gpu_out}; mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$out/nvidia-smi.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 timeout "${1:-270}" python3 scripts/gpu_check.py --out "$out" ${GPU_CHECK_ONLY:+--only $GPU_CHECK_ONLY} 2>&1 | tee "$out/gpu_check.log"
-timeout "${2:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/kernels tests/quant 2>&1 | tee "$out/pytest_gpu.log" | tail -40
+timeout "${2:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE ${GPU_TESTS:-tests/kernels tests/quant} 2>&1 | tee "$out/pytest_gpu.log" | tail -40

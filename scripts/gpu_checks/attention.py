@@ -6,9 +6,8 @@ them into a results file under ``book/results/``. Run alone with ``python script
 Benchmarks (bf16, batch x sequence = 16k tokens, hidden 2048 — the FlashAttention papers'
 convention): our Triton kernel against PyTorch SDPA restricted to its FlashAttention-2 backend and
 to its cuDNN backend, forward and forward+backward, head dim 64 and 128, sequence 1k/4k/16k,
-causal and not; then sliding-window attention at 16k (windows 256/1024/4096) against our own
-dense causal kernel, and decode attention against the PyTorch reference. Each baseline runs in the
-same process, so ratios are comparable even on a shared machine.
+causal and not. (Sliding-window and decode attention are in ``sparse_decode.py``.) Each baseline
+runs in the same process, so ratios are comparable even on a shared machine.
 
 FLOPs: forward ``4·B·H·S_q·S_k·D`` (two matmuls), halved when causal; forward+backward counts
 the backward as 2.5x the forward (five matmuls, one of them the recomputed ``q kᵀ``), so
@@ -22,8 +21,6 @@ import torch
 
 from tutx.bench import timeit
 from tutx.kernels.attention import flash_attention, flash_attention_ref
-from tutx.kernels.decode import decode_attention, decode_attention_ref
-from tutx.kernels.sparse_attention import sliding_window_attention, sliding_window_attention_ref
 
 FWD_BWD_FLOP_FACTOR = 3.5  # forward (1) + backward (2.5)
 TOKENS, HIDDEN, SEQS = 16384, 2048, (1024, 4096, 16384)
@@ -119,59 +116,13 @@ def bench_dense(results: list, dtype=torch.bfloat16) -> None:
             torch.cuda.empty_cache()
 
 
-def window_pairs(s, window):
-    """Attended (query, key) pairs of causal sliding-window attention: ``sum_i min(i + 1, window)``."""
-    w = min(window, s)
-    return w * (w + 1) // 2 + (s - w) * w
-
-
-def bench_sliding_window(results: list, dtype=torch.bfloat16) -> None:
-    """Forward at S=16k, H=16, D=128: sliding window vs our dense causal kernel (same process)."""
-    b, h, s, d = 1, 16, 16384, 128
-    q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=dtype) for _ in range(3))  # [B, H, S, D]
-    qs, ks, vs = (x[:, :2, :2048] for x in (q, k, v))  # error check on a slice: the ref is O(S²)
-    err = (sliding_window_attention(qs, ks, vs, 256).float()
-           - sliding_window_attention_ref(qs, ks, vs, 256).float()).abs().max().item()
-    dense_ms = _time_ms(_ours, q, k, v, True, False)
-    for window in WINDOWS:
-        attend = lambda q_, k_, v_, causal, w=window: sliding_window_attention(q_, k_, v_, w)  # noqa: E731
-        ms = _time_ms(attend, q, k, v, True, False)
-        flops = 4 * b * h * window_pairs(s, window) * d
-        results.append({"op": "sliding window fwd", "shape": f"B{b} H{h} S{s} D{d} W{window}",
-                        "dtype": str(dtype), "causal": True, "ms": ms, "tflops": flops / ms / 1e9,
-                        "baseline": "ours dense causal", "baseline_ms": dense_ms, "ratio": dense_ms / ms,
-                        "max_abs_err": err})
-
-
-def bench_decode(results: list, dtype=torch.bfloat16) -> None:
-    """Decode: 8 sequences of 4k-8k cached tokens, 32 query / 8 KV heads, D=128, vs the reference."""
-    b, hq, hkv, s_max, d = 8, 32, 8, 8192, 128
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, hq, d, device="cuda", dtype=dtype)  # [B, Hq, D]
-    k_cache = torch.randn(b, hkv, s_max, d, device="cuda", dtype=dtype)  # [B, Hkv, S_max, D]
-    v_cache = torch.randn(b, hkv, s_max, d, device="cuda", dtype=dtype)
-    lengths = torch.randint(s_max // 2, s_max + 1, (b,), device="cuda", generator=gen, dtype=torch.int32)
-    err = (decode_attention(q, k_cache, v_cache, lengths).float()
-           - decode_attention_ref(q, k_cache, v_cache, lengths).float()).abs().max().item()
-    ours_ms = timeit(lambda: decode_attention(q, k_cache, v_cache, lengths), warmup=3, repeat=20).median * 1e3
-    ref_ms = timeit(lambda: decode_attention_ref(q, k_cache, v_cache, lengths), warmup=2, repeat=5).median * 1e3
-    tokens = int(lengths.sum())
-    flops = 4 * hq * tokens * d
-    kv_bytes = 2 * hkv * tokens * d * k_cache.element_size()
-    results.append({"op": "decode attention", "shape": f"B{b} Hq{hq} Hkv{hkv} S_max{s_max} D{d}",
-                    "dtype": str(dtype), "causal": False, "ms": ours_ms, "tflops": flops / ours_ms / 1e9,
-                    "kv_gbps": kv_bytes / ours_ms / 1e6, "baseline": "decode_attention_ref",
-                    "baseline_ms": ref_ms, "ratio": ref_ms / ours_ms, "max_abs_err": err})
-
-
 def run(results: dict) -> None:
     """Correctness first, then the benchmarks; rows go to ``results["attention"]``."""
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/attention.py needs a CUDA GPU")
     rows = results.setdefault("attention", [])
     failures = []
-    for step in (lambda: rows.append(check_correctness()), lambda: bench_dense(rows),
-                 lambda: bench_sliding_window(rows), lambda: bench_decode(rows)):
+    for step in (lambda: rows.append(check_correctness()), lambda: bench_dense(rows)):
         try:  # one failing step must not lose the others' rows
             step()
         except Exception as err:  # noqa: BLE001

@@ -32,11 +32,14 @@ from tutx.kernels.quant_matmul import (
     int8_weight_only_matmul,
     int8_weight_only_matmul_ref,
 )
+from tutx.kernels import quant_matmul as qm
+from tutx.kernels import quant_matmul_int4 as qm4
+from tutx.kernels.quant_gemv import int4_gemv, int8_gemv
 from tutx.kernels.quant_matmul_int4 import int4_weight_only_matmul, int4_weight_only_matmul_ref
 from tutx.quant import pack_int4, quantize, quantize_per_token
 
 SHAPES = [(4096, 4096), (4096, 14336), (8192, 8192)]  # (K in-features, N out-features)
-BATCHES = [1, 4, 16, 64]
+BATCHES = [1, 4, 8, 16, 64]
 GROUP = 128
 L2_FLUSH_BYTES = 256 * 2**20  # weight copies per op add up to at least this (H100 L2: 50 MB)
 
@@ -149,6 +152,14 @@ def bench(device: str, shapes=SHAPES, batches=BATCHES) -> list[dict]:
                 "int4_weight_only_g128": (lambda: _bind(int4_weight_only_matmul, x, q["w4"].clone(), q["s4"].clone(),
                                                         q["z4"].clone(), GROUP), q["w4"].numel() + q["s4"].numel() * 5),
             }
+            if m <= 8:  # both decode paths, to see where the GEMV stops paying off
+                ops["int8_gemv_path"] = (lambda: _bind(int8_gemv, x, q["w8"].clone(), q["s8"]), q["w8"].numel())
+                ops["int4_gemv_path"] = (lambda: _bind(int4_gemv, x, q["w4"].clone(), q["s4"].clone(),
+                                                       q["z4"].clone(), GROUP), q["w4"].numel() + q["s4"].numel() * 5)
+            if m <= qm.SMALL_M:
+                ops["int8_splitk_path"] = (lambda: _bind(_splitk_int8, x, q["w8"].clone(), q["s8"]), q["w8"].numel())
+                ops["int4_splitk_path"] = (lambda: _bind(_splitk_int4, x, q["w4"].clone(), q["s4"].clone(),
+                                                         q["z4"].clone()), q["w4"].numel() + q["s4"].numel() * 5)
             if tg is not None:
                 ops["torch_tinygemm_g128"] = (
                     lambda: _bind(torch.ops.aten._weight_int4pack_mm, x, tg[0].clone(), GROUP, tg[1].clone()),
@@ -167,6 +178,17 @@ def bench(device: str, shapes=SHAPES, batches=BATCHES) -> list[dict]:
             if tg_error:
                 rows.append({"op": "torch_tinygemm_g128", "M": m, "N": n, "K": k, "error": tg_error})
     return rows
+
+
+def _splitk_int8(x, w, s):
+    return qm.launch_weight_only(qm._int8_small, qm._int8_large, x, w.shape[0], (x, w, s),
+                                 (x.stride(0), x.stride(1), w.stride(0), w.stride(1)))
+
+
+def _splitk_int4(x, w, s, z):
+    return qm.launch_weight_only(qm4._int4_small, qm4._int4_large, x, w.shape[0], (x, w, s, z),
+                                 (x.stride(0), x.stride(1), w.stride(0), w.stride(1), s.stride(0), s.stride(1),
+                                  z.stride(0), z.stride(1)), GROUP_SIZE=GROUP)
 
 
 def _sig(v: float) -> float:

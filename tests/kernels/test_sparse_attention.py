@@ -29,6 +29,8 @@ CASES = [  # (B, Hq, Hkv, S_q, S_k, D), window, num_global_tokens, causal
     ((1, 2, 2, 23, 61, 64), 9, 0, False),
     ((1, 2, 1, 37, 37, 128), 16, 1, True),
     ((1, 2, 2, 20, 20, 48), 100, 0, True),  # window wider than the sequence == dense causal
+    ((1, 2, 1, 130, 130, 32), 60, 2, True),  # windows of several blocks: the unmasked middle stage runs
+    ((1, 2, 2, 100, 120, 32), 48, 0, False),
 ]
 
 
@@ -75,7 +77,7 @@ def _needed_blocks(mask, block_m, block_n):
 
 @pytest.mark.parametrize("s_q,s_k,window,n_global,causal", [
     (200, 200, 20, 0, True), (200, 200, 20, 5, True), (200, 200, 10, 0, False),
-    (200, 200, 10, 18, False), (90, 200, 33, 2, True),
+    (200, 200, 10, 18, False), (90, 200, 33, 2, True), (200, 200, 64, 3, True),
 ])
 def test_kernel_visits_only_the_blocks_it_needs(s_q, s_k, window, n_global, causal):
     q, k, v = make_qkv(1, 1, 1, s_q, s_k, 32, grad=False)

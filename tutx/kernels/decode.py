@@ -41,54 +41,70 @@ _BLOCK_N = 16 if interpreter_enabled() else 64
 def decode_attention_kernel(Q, K, V, LENGTHS, O_PART, LSE_PART, qk_scale,
                             stride_qb, stride_qh, stride_kb, stride_kh, stride_kn,
                             stride_vb, stride_vh, stride_vn,
-                            Hq, GROUP, NUM_SPLITS, D,
-                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Partial attention of one (sequence, query head) over one key chunk; grid ``(B*Hq, splits)``.
+                            Hkv, GROUP, NUM_SPLITS, D,
+                            BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                            DOT_F32: tl.constexpr):
+    """Partial attention of one (sequence, KV head) over one key chunk; grid ``(B*Hkv, splits)``.
 
-    Chunks are cut per sequence from its own length (a multiple of BLOCK_N each), so short
-    sequences spread over all splits too; a split past the end writes lse = -inf, o = 0.
+    All ``GROUP`` query heads that share the KV head run in the same program, as the rows of a
+    ``[BLOCK_G, D]`` tile (padded to 16 for the tensor cores): each cached key and value is read
+    from memory once, not once per query head. Chunks are cut per sequence from its own length
+    (a multiple of BLOCK_N each), so short sequences spread over all splits too; a split past
+    the end writes lse = -inf, o = 0.
     """
-    pid_bh = tl.program_id(0)
+    pid_bkv = tl.program_id(0)
     split = tl.program_id(1)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    kvh = (h // GROUP).to(tl.int64)
+    b = pid_bkv // Hkv
+    kvh = (pid_bkv % Hkv).to(tl.int64)
     length = tl.load(LENGTHS + b).to(tl.int32)
     chunk = tl.cdiv(tl.cdiv(length, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * chunk
     hi = tl.minimum(lo + chunk, length)
 
+    offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
+    in_g = offs_g < GROUP
     in_d = offs_d < D
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_d, mask=in_d, other=0.0)
-    q = q.to(tl.float32) * qk_scale  # [BD], base-2 logits come out of the dot
+    heads = kvh * GROUP + offs_g  # [G] query heads of this KV head
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=in_g[:, None] & in_d[None, :], other=0.0)  # [G, BD]
+    if DOT_F32:
+        q = q.to(tl.float32)
     K += b.to(tl.int64) * stride_kb + kvh * stride_kh
     V += b.to(tl.int64) * stride_vb + kvh * stride_vh
 
-    m_i = tl.full([1], float("-inf"), tl.float32)
-    l_i = tl.zeros([1], tl.float32)
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):  # every step holds at least one valid key
         offs_n = start + tl.arange(0, BLOCK_N)  # [BN]
         in_n = offs_n < hi
         mask = in_n[:, None] & in_d[None, :]
         k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=mask, other=0.0)  # [BN, BD]
-        s = tl.sum(q[None, :] * k.to(tl.float32), 1)  # [BN]
-        s = tl.where(in_n, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0))  # [1]
-        p = tl.exp2(s - m_new)  # [BN]
-        alpha = tl.exp2(m_i - m_new)  # [1]
-        l_i = l_i * alpha + tl.sum(p, 0)
         v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=mask, other=0.0)  # [BN, BD]
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)  # [BD]
+        if DOT_F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # [G, BN], base-2 logits
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # [G, BN], base-2 logits
+        s = tl.where(in_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # [G]
+        p = tl.exp2(s - m_new[:, None])  # [G, BN]
+        alpha = tl.exp2(m_i - m_new)  # [G]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DOT_F32:
+            acc = tl.dot(p, v, acc * alpha[:, None], input_precision="ieee")  # [G, BD]
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # [G, BD]
         m_i = m_new
 
     nonempty = l_i > 0
-    acc = acc / tl.where(nonempty, l_i, 1.0)
-    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))  # [1]
-    part = pid_bh.to(tl.int64) * NUM_SPLITS + split
-    tl.store(O_PART + part * D + offs_d, acc, mask=in_d)
-    tl.store(LSE_PART + part, tl.max(lse, 0))
+    acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))  # [G]
+    part = ((b * Hkv).to(tl.int64) * GROUP + heads) * NUM_SPLITS + split  # [G] rows of [B, Hq, splits]
+    tl.store(O_PART + part[:, None] * D + offs_d[None, :], acc, mask=in_g[:, None] & in_d[None, :])
+    tl.store(LSE_PART + part, lse, mask=in_g)
 
 
 @triton.jit
@@ -108,7 +124,8 @@ def _decode_merge_kernel(O_PART, LSE_PART, O, NUM_SPLITS, D,
 
 
 def default_num_splits(batch_heads: int, max_length: int, num_sms: int) -> int:
-    """Enough splits for about two waves of programs, but chunks of at least 256 keys."""
+    """Enough splits for about two waves of programs (``batch_heads`` = B x Hkv of them per split),
+    but chunks of at least 256 keys."""
     want = triton.cdiv(2 * num_sms, batch_heads)
     return max(1, min(want, triton.cdiv(max_length, 256), MAX_SPLITS))
 
@@ -159,16 +176,18 @@ def decode_attention(q, k_cache, v_cache, lengths, sm_scale: float | None = None
     (batch, hq, d), (hkv, s_max) = q.shape, k_cache.shape[1:3]
     if num_splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        num_splits = default_num_splits(batch * hq, s_max, sms)
+        num_splits = default_num_splits(batch * hkv, s_max, sms)
     q, k_cache, v_cache = (last_dim_contiguous(x) for x in (q, k_cache, v_cache))
     lengths = lengths.contiguous()
     o_part = torch.empty((batch, hq, num_splits, d), device=q.device, dtype=torch.float32)  # [B, Hq, splits, D]
     lse_part = torch.empty((batch, hq, num_splits), device=q.device, dtype=torch.float32)  # [B, Hq, splits]
-    block_d = triton.next_power_of_2(d)
-    decode_attention_kernel[(batch * hq, num_splits)](
+    block_d = max(16, triton.next_power_of_2(d))  # tl.dot needs 16 along every axis
+    group = hq // hkv
+    decode_attention_kernel[(batch * hkv, num_splits)](
         q, k_cache, v_cache, lengths, o_part, lse_part, sm_scale * LOG2E,
         *q.stride()[:2], *k_cache.stride()[:3], *v_cache.stride()[:3],
-        hq, hq // hkv, num_splits, d, BLOCK_N=_BLOCK_N, BLOCK_D=block_d)
+        hkv, group, num_splits, d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=_BLOCK_N,
+        BLOCK_D=block_d, DOT_F32=interpreter_enabled() or q.dtype == torch.float32)
     o = torch.empty((batch, hq, d), device=q.device, dtype=q.dtype)  # [B, Hq, D]
     _decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
                                         SPLITS_P2=max(2, triton.next_power_of_2(num_splits)),

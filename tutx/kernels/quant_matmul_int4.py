@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
+from tutx.kernels.quant_gemv import GEMV_MAX_M, int4_gemv
 from tutx.kernels.quant_matmul import (
     FLOAT_DTYPES,
     check_matrix,
@@ -115,6 +116,8 @@ def int4_weight_only_matmul(x: torch.Tensor, w_packed: torch.Tensor, scales: tor
     _check(x, w_packed, scales, zeros, group_size)
     if not use_triton(x, w_packed, scales, zeros) or min(x.shape[0], w_packed.shape[0], x.shape[1]) == 0:
         return int4_weight_only_matmul_ref(x, w_packed, scales, zeros, group_size)
+    if x.shape[0] <= GEMV_MAX_M:  # decode: stream the weights once, no tensor cores, no atomics
+        return int4_gemv(x, w_packed, scales, zeros, group_size)
     return launch_weight_only(
         _int4_small, _int4_large, x, w_packed.shape[0], (x, w_packed, scales, zeros),
         (x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1), scales.stride(0),

@@ -67,24 +67,50 @@ def key_ranges(p_first, p_last, S_k, window, n_global, CAUSAL: tl.constexpr, BLO
 
 @triton.jit
 def _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, pos_q, S_k, window, n_global,
-                   qk_scale, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Masked online-softmax update over key blocks ``[lo, hi)`` (a row may see none of a block)."""
+                   qk_scale, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MASKED: tl.constexpr):
+    """Online-softmax update over key blocks ``[lo, hi)``.
+
+    ``MASKED`` blocks may hold pairs outside the pattern (a row may even see none of a block);
+    unmasked ones lie inside every row's window, so they skip the mask, the bounds checks and
+    the all-masked-row guard — most of a long window's blocks, as in the dense kernel's split.
+    """
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)  # [BN]
-        in_k = cols < S_k
-        k = tl.load(K + cols[None, :] * stride_kn + offs_d[:, None], mask=in_k[None, :], other=0.0)  # [D, BN]
-        qk = tl.dot(q, k) * qk_scale  # [BM, BN]
-        qk = tl.where(allowed(pos_q[:, None], cols[None, :], S_k, window, n_global, CAUSAL), qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))  # [BM]
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        if MASKED:
+            in_k = cols < S_k
+            k = tl.load(K + cols[None, :] * stride_kn + offs_d[:, None], mask=in_k[None, :], other=0.0)  # [D, BN]
+            qk = tl.dot(q, k) * qk_scale  # [BM, BN]
+            qk = tl.where(allowed(pos_q[:, None], cols[None, :], S_k, window, n_global, CAUSAL), qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))  # [BM]
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=in_k[:, None], other=0.0)  # [BN, D]
+        else:
+            k = tl.load(K + cols[None, :] * stride_kn + offs_d[:, None])  # [D, BN]
+            qk = tl.dot(q, k) * qk_scale  # [BM, BN]
+            m_new = tl.maximum(m_i, tl.max(qk, 1))  # [BM]
+            m_safe = m_new
+            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])  # [BN, D]
         p = tl.exp2(qk - m_safe[:, None])  # [BM, BN]
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=in_k[:, None], other=0.0)  # [BN, D]
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # [BM, D]
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def full_block_range(p_first, p_last, lo, hi, S_k, window, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``[full_lo, full_hi)`` inside ``[lo, hi)``: key blocks that every query row p_first..p_last sees whole."""
+    full_lo = tl.cdiv(tl.maximum(p_last - window + 1, 0), BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        full_hi = ((p_first + 1) // BLOCK_N) * BLOCK_N
+    else:
+        full_hi = (tl.minimum(p_first + window, S_k) // BLOCK_N) * BLOCK_N
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return full_lo, full_hi
 
 
 @triton.autotune(configs=autotune_configs(_FWD_CONFIGS, "BLOCK_M", "BLOCK_N", (16, 16)),
@@ -117,10 +143,16 @@ def sliding_window_attention_kernel(Q, K, V, O, LSE, VISITS, qk_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    p_first = pid_m * BLOCK_M + (S_k - S_q)
+    full_lo, full_hi = full_block_range(p_first, p_last, lo, hi, S_k, window, CAUSAL, BLOCK_N)
     acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, 0, g_hi, pos_q, S_k,
-                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N)
-    acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, pos_q, S_k,
-                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N)
+                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, True)
+    acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, full_lo, pos_q, S_k,
+                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, True)
+    acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, full_lo, full_hi, pos_q, S_k,
+                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, False)
+    acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, full_hi, hi, pos_q, S_k,
+                                   window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, True)
     l_i = tl.where(l_i > 0, l_i, 1.0)  # padded rows past S_q may see no key at all
     acc = acc / l_i[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],

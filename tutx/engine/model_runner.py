@@ -1,0 +1,159 @@
+"""Run a Hugging Face Llama-style model on a batch of sequences with a paged KV cache.
+
+The model's own modules do the work — embedding, each layer's RMSNorms, q/k/v/o projections and
+MLP, the rotary embedding, the final norm and ``lm_head`` — but attention is ours: it writes the
+new keys/values into the pool slots given by the block tables and attends through them.
+
+Batches are *flattened* (as in nano-vllm): a prefill of sequences of 7 and 12 new tokens is one
+``[19, hidden]`` activation, with no padding; a decode step is ``[B, hidden]``, one token each.
+
+KV pool: one tensor ``kv_cache [2, num_layers, num_blocks, block_size, Hkv, D]`` (K then V), so
+layer ``l``'s pools are ``kv_cache[0, l]`` and ``kv_cache[1, l]`` of shape
+``[num_blocks, block_size, Hkv, D]`` (see :mod:`tutx.engine.paged_attention`). Block ids are
+shared by all layers: the block manager hands out a block once for every layer.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from tutx.engine.paged_attention import (check_paged_metadata, gather_kv, paged_decode_attention,
+                                         paged_decode_attention_ref, prefill_attention)
+from tutx.engine.sequence import Sequence
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def _check_model(model) -> None:
+    inner = getattr(model, "model", None)
+    need = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or not hasattr(model, "lm_head") or not all(hasattr(inner, n) for n in need):
+        raise TypeError(f"model: expected a Llama-style Hugging Face causal LM (model.model.embed_tokens, "
+                        f".layers, .norm, .rotary_emb and model.lm_head), got {type(model).__name__}")
+    for i, layer in enumerate(inner.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+            raise TypeError(f"model: layer {i} has no Llama-style self_attn (q_proj, k_proj, v_proj, o_proj)")
+        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
+            raise TypeError(f"model: layer {i} normalises q/k (Qwen3-style), which this runner does not implement")
+
+
+class ModelRunner:
+    """Owns the KV pool and turns scheduled sequences into next-token logits ``[B, V]``.
+
+    ``attention_backend``: ``"torch"`` runs the PyTorch reference for decode attention,
+    ``"triton"`` the :func:`paged_decode_attention` wrapper (the kernel on CUDA, or on CPU under
+    ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16 weights and the
+    reference otherwise (the interpreter is for tests, not a speed path).
+    """
+
+    def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto"):
+        _check_model(model)
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend: expected one of {BACKENDS}, got {attention_backend!r}")
+        self.model = model
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        cfg, layers = model.config, model.model.layers
+        self.num_layers = len(layers)
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = layers[0].self_attn.head_dim
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if attention_backend == "auto":
+            fast = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+            attention_backend = "triton" if fast else "torch"
+        self.attention_backend = attention_backend
+        shape = (2, self.num_layers, num_blocks, block_size, self.num_kv_heads, self.head_dim)
+        self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N, bs, Hkv, D]
+
+    def __repr__(self) -> str:
+        return (f"ModelRunner(model={type(self.model).__name__}, layers={self.num_layers}, "
+                f"heads={self.num_heads}/{self.num_kv_heads} (q/kv), head_dim={self.head_dim}, "
+                f"num_blocks={self.num_blocks}, block_size={self.block_size}, backend={self.attention_backend!r}, "
+                f"kv_cache={self.kv_cache_bytes / 2**20:.1f} MiB {self.dtype} on {self.device})")
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache.numel() * self.kv_cache.element_size()
+
+    def _slot(self, seq: Sequence, pos: int) -> int:
+        return seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=self.device)
+
+    # -- batch preparation ---------------------------------------------------------------------
+    def _prepare_prefill(self, seqs: list[Sequence]) -> dict:
+        """Tokens ``num_cached_tokens .. len-1`` of every sequence, flattened."""
+        ids, positions, slots, spans, start = [], [], [], [], 0
+        for seq in seqs:
+            new = range(seq.num_cached_tokens, len(seq))
+            ids += seq.token_ids[seq.num_cached_tokens:]
+            positions += new
+            slots += [self._slot(seq, p) for p in new]
+            table = self._tensor(seq.block_table) if seq.num_cached_tokens else None
+            spans.append((start, start + len(new), seq.num_cached_tokens, table))
+            start += len(new)
+        return {"input_ids": self._tensor(ids), "positions": self._tensor(positions),
+                "slots": self._tensor(slots), "spans": spans,
+                "last": self._tensor([end - 1 for _, end, _, _ in spans])}
+
+    def _prepare_decode(self, seqs: list[Sequence]) -> dict:
+        """Each sequence's last token, which attends over all ``len(seq)`` positions."""
+        width = max(len(s.block_table) for s in seqs)
+        tables = [s.block_table + [-1] * (width - len(s.block_table)) for s in seqs]
+        meta = {"input_ids": self._tensor([s.last_token for s in seqs]),
+                "positions": self._tensor([len(s) - 1 for s in seqs]),
+                "slots": self._tensor([self._slot(s, len(s) - 1) for s in seqs]),
+                "block_tables": self._tensor(tables, torch.int32),  # [B, max_blocks]
+                "lengths": self._tensor([len(s) for s in seqs], torch.int32)}  # [B]
+        check_paged_metadata(meta["block_tables"], meta["lengths"], self.num_blocks, self.block_size)
+        return meta
+
+    # -- the forward pass ----------------------------------------------------------------------
+    def _attention(self, layer: int, attn, x: torch.Tensor, cos_sin, meta: dict, is_prefill: bool):
+        t, d = x.shape[0], self.head_dim
+        q = attn.q_proj(x).view(t, -1, d)  # [T, Hq, D]
+        k = attn.k_proj(x).view(t, -1, d)  # [T, Hkv, D]
+        v = attn.v_proj(x).view(t, -1, d)  # [T, Hkv, D]
+        q, k = apply_rotary_pos_emb(q, k, *cos_sin, unsqueeze_dim=1)
+        k_pool, v_pool = self.kv_cache[0, layer], self.kv_cache[1, layer]  # [N, bs, Hkv, D]
+        # Write first, read after: a prefill may read blocks another sequence of this batch fills.
+        k_pool.view(-1, self.num_kv_heads, d)[meta["slots"]] = k  # [N*bs, Hkv, D]
+        v_pool.view(-1, self.num_kv_heads, d)[meta["slots"]] = v
+        if is_prefill:
+            outs = []
+            for start, end, cached, table in meta["spans"]:
+                if cached:  # prefix-cached tokens come from the pool
+                    ks, vs = gather_kv(k_pool, table, end - start + cached), gather_kv(v_pool, table, end - start + cached)
+                else:
+                    ks, vs = k[start:end], v[start:end]
+                outs.append(prefill_attention(q[start:end], ks, vs, cached, attn.scaling))  # [S_new, Hq, D]
+            o = torch.cat(outs)  # [T, Hq, D]
+        else:
+            attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_ref
+            o = attend(q, k_pool, v_pool, meta["block_tables"], meta["lengths"], sm_scale=attn.scaling,
+                       validate=False)  # [B, Hq, D]
+        return attn.o_proj(o.reshape(t, -1))  # [T, hidden]
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position."""
+        if not seqs:
+            raise ValueError("seqs: expected at least one sequence")
+        meta = self._prepare_prefill(seqs) if is_prefill else self._prepare_decode(seqs)
+        inner = self.model.model
+        h = inner.embed_tokens(meta["input_ids"])  # [T, hidden]
+        cos, sin = inner.rotary_emb(h, meta["positions"][None])  # [1, T, D] each
+        cos_sin = (cos[0], sin[0])  # [T, D]
+        for i, layer in enumerate(inner.layers):
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta, is_prefill)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        if is_prefill:
+            h = h[meta["last"]]  # [B, hidden]: only the last position's logits are needed
+        return self.model.lm_head(inner.norm(h)).float()  # [B, V]
+
+
+__all__ = ["ModelRunner", "BACKENDS"]

@@ -1,0 +1,217 @@
+"""Attention over a paged KV cache: the decode kernel (Triton + reference) and prefill (PyTorch).
+
+Pool layout (one pair per layer): ``k_pool`` and ``v_pool`` are ``[num_blocks, block_size, Hkv, D]``.
+A token's K/V row is ``pool[slot // block_size, slot % block_size]`` — viewed flat as
+``[num_blocks * block_size, Hkv, D]`` it is simply row ``slot``, so writing a step's new keys is a
+single indexed copy. Only the ``Hkv`` key/value heads are stored (GQA/MQA): query head ``h`` reads
+KV head ``h // (Hq // Hkv)``; nothing is ever expanded to ``Hq`` heads in the pool.
+
+``block_tables [B, max_blocks]`` maps sequence ``b``'s logical block ``i`` to a pool block; entries
+past ``ceil(lengths[b] / block_size)`` are padding and never read.
+
+The decode kernel is :mod:`tutx.kernels.decode`'s flash-decoding with the dense ``S_max`` axis
+replaced by the block table: each program walks its chunk of the sequence *page by page*, loading
+the page's pool id from the table and then a ``[block_size, D]`` tile of keys and values (rows
+``Hkv * D`` apart). The split/merge structure (and the merge kernel itself) is unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from tutx.kernels._attention_common import (
+    LOG2E,
+    check_float_dtypes,
+    check_kernel_dtype,
+    check_same_device,
+    check_tensor,
+    cuda_capability,
+    last_dim_contiguous,
+    resolve_scale,
+)
+from tutx.kernels._dispatch import use_triton
+from tutx.kernels.decode import (MAX_HEAD_DIM, MAX_SPLITS, _decode_merge_kernel, decode_attention_ref,
+                                 default_num_splits)
+
+
+@triton.jit
+def paged_decode_attention_kernel(Q, K_POOL, V_POOL, BLOCK_TABLES, LENGTHS, O_PART, LSE_PART, qk_scale,
+                                  stride_qb, stride_qh, stride_kblk, stride_kpos, stride_kh,
+                                  stride_vblk, stride_vpos, stride_vh, stride_bt,
+                                  Hq, GROUP, NUM_SPLITS, D, PAGE,
+                                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Partial attention of one (sequence, query head) over one chunk of its pages; grid ``(B*Hq, splits)``.
+
+    Pages are dealt out per sequence from its own length, so short sequences spread over all
+    splits too; a split past the end writes lse = -inf, o = 0. ``BLOCK_N`` is ``PAGE`` rounded up
+    to a power of two (the tail of the tile is masked).
+    """
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    kvh = (h // GROUP).to(tl.int64)
+    length = tl.load(LENGTHS + b).to(tl.int32)
+    num_pages = tl.cdiv(length, PAGE)
+    per_split = tl.cdiv(num_pages, NUM_SPLITS)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, num_pages)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_p = tl.arange(0, BLOCK_N)  # slot within a page
+    in_d = offs_d < D
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_d, mask=in_d, other=0.0)
+    q = q.to(tl.float32) * qk_scale  # [BD], base-2 logits come out of the dot
+    table = BLOCK_TABLES + b.to(tl.int64) * stride_bt
+
+    m_i = tl.full([1], float("-inf"), tl.float32)
+    l_i = tl.zeros([1], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for page in range(lo, hi):
+        blk = tl.load(table + page).to(tl.int64)  # pool block of this page
+        in_n = (offs_p < PAGE) & (page * PAGE + offs_p < length)  # [BN]
+        mask = in_n[:, None] & in_d[None, :]
+        k_ptrs = K_POOL + blk * stride_kblk + offs_p[:, None] * stride_kpos + kvh * stride_kh + offs_d[None, :]
+        k = tl.load(k_ptrs, mask=mask, other=0.0)  # [BN, BD]
+        s = tl.sum(q[None, :] * k.to(tl.float32), 1)  # [BN]
+        s = tl.where(in_n, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))  # [1]
+        p = tl.exp2(s - m_new)  # [BN]
+        alpha = tl.exp2(m_i - m_new)  # [1]
+        l_i = l_i * alpha + tl.sum(p, 0)
+        v_ptrs = V_POOL + blk * stride_vblk + offs_p[:, None] * stride_vpos + kvh * stride_vh + offs_d[None, :]
+        v = tl.load(v_ptrs, mask=mask, other=0.0)  # [BN, BD]
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)  # [BD]
+        m_i = m_new
+
+    nonempty = l_i > 0
+    acc = acc / tl.where(nonempty, l_i, 1.0)
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))  # [1]
+    part = pid_bh.to(tl.int64) * NUM_SPLITS + split
+    tl.store(O_PART + part * D + offs_d, acc, mask=in_d)
+    tl.store(LSE_PART + part, tl.max(lse, 0))
+
+
+def check_paged_metadata(block_tables, lengths, num_blocks: int, block_size: int) -> None:
+    """Values check (one host sync): lengths in ``[1, max_blocks*block_size]``, used table entries
+    in ``[0, num_blocks)``. Out-of-range values would make the kernel read another sequence's cache."""
+    if block_tables.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"block_tables: expected dtype int32 or int64, got {block_tables.dtype}")
+    if lengths.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"lengths: expected dtype int32 or int64, got {lengths.dtype}")
+    max_len = block_tables.shape[1] * block_size
+    lo, hi = (int(x) for x in torch.aminmax(lengths))
+    if lo < 1 or hi > max_len:
+        raise ValueError(f"lengths: expected values in [1, max_blocks*block_size={max_len}], got min {lo}, max {hi}")
+    pages = torch.arange(block_tables.shape[1], device=lengths.device)  # [M]
+    used = pages[None, :] * block_size < lengths[:, None]  # [B, M]
+    ids = block_tables[used]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
+        raise ValueError(f"block_tables: expected the entries of used pages in [0, num_blocks={num_blocks}), "
+                         f"got min {int(ids.min())}, max {int(ids.max())}")
+
+
+def _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool):
+    check_tensor("q", q, 3, "[B, Hq, D]")
+    check_tensor("k_pool", k_pool, 4, "[num_blocks, block_size, Hkv, D]")
+    check_tensor("v_pool", v_pool, 4, "[num_blocks, block_size, Hkv, D]")
+    check_tensor("block_tables", block_tables, 2, "[B, max_blocks]")
+    check_tensor("lengths", lengths, 1, "[B]")
+    check_float_dtypes(q=q, k_pool=k_pool, v_pool=v_pool)
+    check_same_device(q=q, k_pool=k_pool, v_pool=v_pool, block_tables=block_tables, lengths=lengths)
+    if v_pool.shape != k_pool.shape:
+        raise ValueError(f"v_pool: expected the shape of k_pool {tuple(k_pool.shape)}, got {tuple(v_pool.shape)}")
+    (b, hq, d), (num_blocks, block_size, hkv, dk) = q.shape, k_pool.shape
+    if block_tables.shape[0] != b or lengths.shape[0] != b:
+        bad, got = ("block_tables", block_tables.shape[0]) if block_tables.shape[0] != b else ("lengths", lengths.shape[0])
+        raise ValueError(f"{bad}: expected batch {b} (from q), got {got}")
+    if dk != d:
+        raise ValueError(f"k_pool: expected head_dim {d} (from q), got {dk}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim: expected at most {MAX_HEAD_DIM}, got {d}")
+    if hq % hkv:
+        raise ValueError(f"k_pool: expected a number of KV heads dividing q's {hq} (GQA/MQA), got {hkv}")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= MAX_SPLITS):
+        raise ValueError(f"num_splits: expected None or an int in [1, {MAX_SPLITS}], got {num_splits!r}")
+    if validate:
+        check_paged_metadata(block_tables, lengths, num_blocks, block_size)
+
+
+def paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                           num_splits: int | None = None, validate: bool = True) -> torch.Tensor:
+    """Attention of ``q [B, Hq, D]`` over the first ``lengths[b]`` tokens of each paged cache: ``[B, Hq, D]``.
+
+    ``k_pool``/``v_pool``: ``[num_blocks, block_size, Hkv, D]``; ``block_tables``: ``[B, max_blocks]``.
+    Launches the kernels on CUDA tensors (fp16/bf16) or under the interpreter, else runs
+    :func:`paged_decode_attention_ref`. ``validate=False`` skips the value checks (a host sync);
+    the model runner checks the metadata once per step instead of once per layer.
+    """
+    _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate)
+    sm_scale = resolve_scale(sm_scale, q.shape[-1])
+    if not use_triton(q, k_pool, v_pool, block_tables, lengths):
+        return paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scale, validate=False)
+    check_kernel_dtype(q.dtype, q.device.type, cuda_capability(q))
+    (batch, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
+    if num_splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        num_splits = default_num_splits(batch * hq, block_tables.shape[1] * block_size, sms)
+    q, k_pool, v_pool = (last_dim_contiguous(x) for x in (q, k_pool, v_pool))
+    block_tables, lengths = block_tables.contiguous(), lengths.contiguous()
+    o_part = torch.empty((batch, hq, num_splits, d), device=q.device, dtype=torch.float32)  # [B, Hq, splits, D]
+    lse_part = torch.empty((batch, hq, num_splits), device=q.device, dtype=torch.float32)  # [B, Hq, splits]
+    block_d = triton.next_power_of_2(d)
+    paged_decode_attention_kernel[(batch * hq, num_splits)](
+        q, k_pool, v_pool, block_tables, lengths, o_part, lse_part, sm_scale * LOG2E,
+        *q.stride()[:2], *k_pool.stride()[:3], *v_pool.stride()[:3], block_tables.stride(0),
+        hq, hq // hkv, num_splits, d, block_size,
+        BLOCK_N=max(2, triton.next_power_of_2(block_size)), BLOCK_D=block_d)
+    o = torch.empty((batch, hq, d), device=q.device, dtype=q.dtype)  # [B, Hq, D]
+    _decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
+                                        SPLITS_P2=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d)
+    return o
+
+
+def gather_kv(pool: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` cached rows of one sequence, made dense: ``[length, Hkv, D]``."""
+    block_size = pool.shape[1]
+    pages = block_table[: (length + block_size - 1) // block_size].long()  # [P]
+    return pool[pages].flatten(0, 1)[:length]  # [P*block_size, Hkv, D] -> [length, Hkv, D]
+
+
+def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                               validate: bool = True) -> torch.Tensor:
+    """Plain PyTorch: gather each sequence's pages into a dense cache, then masked softmax in fp32."""
+    _check(q, k_pool, v_pool, block_tables, lengths, None, validate)
+    pages = block_tables.long().clamp(0, k_pool.shape[0] - 1)  # padding entries read block 0, then masked
+    k = k_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, M, bs, Hkv, D] -> [B, Hkv, M*bs, D]
+    v = v_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
+    # Slots past a length may hold anything (even NaN, and 0 * NaN is NaN): zero them.
+    valid = (torch.arange(k.shape[2], device=q.device)[None, :] < lengths[:, None])[:, None, :, None]
+    k, v = k.masked_fill(~valid, 0), v.masked_fill(~valid, 0)  # valid: [B, 1, M*bs, 1]
+    return decode_attention_ref(q, k, v, lengths, sm_scale)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int,
+                      scale: float) -> torch.Tensor:
+    """Causal attention of one sequence's new tokens (PyTorch SDPA, GQA without copying K/V).
+
+    q ``[S_new, Hq, D]`` holds positions ``num_cached .. num_cached+S_new-1``; k, v ``[S, Hkv, D]``
+    hold positions ``0 .. S-1`` with ``S = num_cached + S_new`` (the cached prefix gathered from
+    the pool, then the new tokens). Returns ``[S_new, Hq, D]``.
+    """
+    s = k.shape[0]
+    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, S, D]
+    if num_cached == 0:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    else:  # query i sees keys 0 .. num_cached + i (SDPA's is_causal would align to the top left)
+        rows = torch.arange(num_cached, s, device=q.device)[:, None]  # [S_new, 1]
+        mask = torch.arange(s, device=q.device)[None, :] <= rows  # [S_new, S]
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)  # [S_new, Hq, D]
+
+
+__all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_kernel",
+           "check_paged_metadata", "gather_kv", "prefill_attention"]
