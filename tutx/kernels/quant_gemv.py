@@ -1,22 +1,26 @@
-"""Decode-shaped (GEMV) kernels for weight-only INT8 and INT4 matmuls: a few rows of ``x``, every weight.
+"""Batch-1 (GEMV) kernels for weight-only INT8 and INT4 matmuls: one row of ``x``, every weight once.
 
-At batch 1-4 a matmul is a matrix-vector product: each weight is used once or a few times, so
-the only thing that matters is streaming the weight bytes at full memory bandwidth. Tensor cores
-do not help (a 16-row tile would be mostly padding), and the split-K trick of the tiled kernels
-costs two extra launches (zeroing an fp32 buffer for the atomics and casting it back), which is
-a large share of a 10 µs matmul. These kernels instead:
+Decoding one sequence multiplies a single activation row by every weight matrix, so the whole
+job is streaming weight bytes at memory bandwidth; the arithmetic just has to keep up. Two
+things stop it from keeping up in a naive kernel, and this one avoids both:
 
-* give each program ``BLOCK_N`` output columns and the **whole** K axis, so every output is
-  written once, in the output dtype, by one program: one launch, no atomics;
-* read **many groups per step** (``GROUPS`` x ``group_size`` columns, or ``BLOCK_K`` int8
-  columns), so each program has kilobytes of loads in flight: at ~1 µs memory latency a GPU
-  needs megabytes in flight to reach its bandwidth, and a 4096-column matrix only has 4096 rows
-  to spread them over;
-* multiply on the CUDA cores in fp32 and reduce along K inside the program. INT4 keeps the
-  scale and zero point out of the inner product: ``Σ x (q − z) s = s (Σ x q − z Σ x)`` per group.
+* **Launch overheads.** The split-K tiles of ``quant_matmul.py`` need a zeroed fp32 buffer for
+  their atomics and a cast afterwards: three launches for a ~10 µs matmul. Here each program
+  owns ``BLOCK_N`` output columns and the whole K axis, reading many groups per step so that
+  enough bytes are in flight, and writes its outputs once, in the output dtype.
+* **Integer-to-float conversions.** ``q.to(tl.float32)`` is a quarter-rate instruction on
+  NVIDIA GPUs, and with 4-bit weights there is one per weight: it alone caps an H100 below
+  2 TB/s of INT4 weights. Instead the code is written straight into the mantissa of 1.0::
 
-Rows of ``x`` (at most ``BLOCK_M``, a power of two up to 8) are a compile-time loop, so each
-weight tile is unpacked once and reused for every row.
+      bits(1.0f) | q << 19   ==   1 + q/16          (4-bit q, top four mantissa bits)
+      bits(1.0f) | u << 15   ==   1 + u/256         (8-bit u = q + 128)
+
+  one shift and one and/or per weight, both full-rate integer operations. The offset comes
+  back out once per group from the sum of ``x``: ``Σ x q = 16 (Σ x (1 + q/16) − Σ x)``. Every
+  value involved is exact in fp32, so this changes no rounding but the order of the sums.
+
+Weights are read as int32 words (8 INT4 codes or 4 INT8 codes each). ``MAGIC=False`` keeps the
+plain conversion as a variant the autotuner can pick where it is faster.
 """
 from __future__ import annotations
 
@@ -26,112 +30,151 @@ import triton.language as tl
 
 from tutx.kernels._dispatch import interpreter_enabled
 
-GEMV_MAX_M = 4  # rows up to which the weight-only wrappers use these kernels (measured crossover)
+GEMV_MAX_M = 1  # rows that take these kernels; from 2 rows on the split-K tiles were as fast (H200)
 
 
 @triton.jit
-def _accumulate_row(acc, contrib, offs_m, m: tl.constexpr):
-    """``acc[m, :] += contrib`` for a compile-time row ``m`` of the ``[BM, BN]`` accumulator."""
-    return tl.where(offs_m[:, None] == m, acc + contrib[None, :], acc)
+def _int4_code(w, i: tl.constexpr, MAGIC: tl.constexpr):
+    """Nibble ``i`` (bits 4i..4i+3) of int32 words as fp32: ``1 + q/16`` when MAGIC, else ``q``."""
+    if MAGIC:
+        if 4 * i <= 19:
+            bits = (w << (19 - 4 * i)) & 0x780000  # q into mantissa bits 19..22
+        else:
+            bits = (w >> (4 * i - 19)) & 0x780000
+        return (bits | 0x3F800000).to(tl.float32, bitcast=True)
+    return ((w >> (4 * i)) & 0xF).to(tl.float32)
 
 
 @triton.jit
-def int8_gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``out[:M] = x[:M] @ (w * s[:, None]).T``; grid ``(cdiv(N, BLOCK_N),)``; x and w have unit K stride."""
+def _int8_code(w, i: tl.constexpr, MAGIC: tl.constexpr):
+    """Byte ``i`` of int32 words, an int8 code q, as fp32: ``1 + (q + 128)/256`` when MAGIC, else ``q``."""
+    if MAGIC:
+        if 8 * i <= 15:
+            bits = (w << (15 - 8 * i)) & 0x7F8000  # the byte into mantissa bits 15..22
+        else:
+            bits = (w >> (8 * i - 15)) & 0x7F8000
+        return (bits ^ 0x3FC00000).to(tl.float32, bitcast=True)  # exponent of 1.0, and flip the sign bit: q + 128
+    return ((w << (24 - 8 * i)) >> 24).to(tl.float32)  # arithmetic shift sign-extends the byte
+
+
+@triton.jit
+def int8_gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, N, K_WORDS, stride_wn,
+                     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, MAGIC: tl.constexpr):
+    """``out = x @ (w * s[:, None]).T`` for one row x ``[K]``; w as int32 words ``[N, K/4]``; grid ``(cdiv(N, BN),)``."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-    offs_k = tl.arange(0, BLOCK_K)  # [BK]
-    offs_m = tl.arange(0, BLOCK_M)  # [BM]
+    offs_w = tl.arange(0, BLOCK_W)  # [BW]
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + offs_k
-        mask_k = k < K
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + k[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0).to(tl.float32)  # [BN, BK]
-        for m in tl.static_range(BLOCK_M):
-            x = tl.load(x_ptr + m * stride_xm + k, mask=mask_k & (offs_k * 0 + m < M), other=0.0).to(tl.float32)  # [BK]
-            acc = _accumulate_row(acc, tl.sum(w * x[None, :], axis=1), offs_m, m)
+    part = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)  # Σ x * code, reduced once at the end
+    x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    for w0 in range(0, K_WORDS, BLOCK_W):
+        word = w0 + offs_w  # [BW]
+        mask_w = word < K_WORDS
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + word[None, :],
+                    mask=mask_n[:, None] & mask_w[None, :], other=0)  # [BN, BW] int32, 4 codes each
+        for i in tl.static_range(4):
+            x = tl.load(x_ptr + 4 * word + i, mask=mask_w, other=0.0).to(tl.float32)  # [BW] column 4·word + i
+            part += _int8_code(w, i, MAGIC) * x[None, :]
+            x_sum += x
+    xq = tl.sum(part, axis=1)  # [BN]
+    if MAGIC:  # Σ x (1 + (q + 128)/256) = Σx + (Σ x q)/256 + Σx/2
+        xq = 256.0 * (xq - tl.sum(x_sum, axis=0)) - 128.0 * tl.sum(x_sum, axis=0)
     scale = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # [BN]
-    acc = acc * scale[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & mask_n[None, :])
+    tl.store(out_ptr + offs_n, (xq * scale).to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
-def int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_zn,
-                     stride_om, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     GROUPS: tl.constexpr):
-    """INT4 group-wise GEMV; grid ``(cdiv(N, BLOCK_N),)``; each step reads ``GROUPS`` groups of every row."""
-    HALF: tl.constexpr = GROUP_SIZE // 2  # packed bytes per row per group
+def int4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_zn,
+                     GROUP_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, MAGIC: tl.constexpr):
+    """INT4 group-wise GEMV for one row x ``[K]``; w as int32 words ``[N, K/8]``; grid ``(cdiv(N, BN),)``."""
+    WORDS: tl.constexpr = GROUP_SIZE // 8  # int32 words per row per group
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     offs_g = tl.arange(0, GROUPS)  # [G]
-    offs_j = tl.arange(0, HALF)  # [H] byte within a group
-    offs_m = tl.arange(0, BLOCK_M)  # [BM]
+    offs_j = tl.arange(0, WORDS)  # [W]
     mask_n = offs_n < N
     num_groups = K // GROUP_SIZE
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for g0 in range(0, num_groups, GROUPS):
         g = g0 + offs_g  # [G]
         mask_g = g < num_groups
-        byte = g[:, None] * HALF + offs_j[None, :]  # [G, H] byte index within a row
-        packed = tl.load(w_ptr + offs_n[:, None, None] * stride_wn + byte[None, :, :],
-                         mask=mask_n[:, None, None] & mask_g[None, :, None], other=0)  # [BN, G, H] uint8
-        q_lo = (packed & 0xF).to(tl.float32)  # [BN, G, H] codes of columns 2j
-        q_hi = (packed >> 4).to(tl.float32)  # [BN, G, H] codes of columns 2j + 1
+        word = g[:, None] * WORDS + offs_j[None, :]  # [G, W] word index within a row
+        w = tl.load(w_ptr + offs_n[:, None, None] * stride_wn + word[None, :, :],
+                    mask=mask_n[:, None, None] & mask_g[None, :, None], other=0)  # [BN, G, W] int32
+        part = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
+        x_sum = tl.zeros((GROUPS, WORDS), dtype=tl.float32)
+        for i in tl.static_range(8):  # nibble i of word j is column 8j + i
+            x = tl.load(x_ptr + 8 * word + i, mask=mask_g[:, None], other=0.0).to(tl.float32)  # [G, W]
+            part += _int4_code(w, i, MAGIC) * x[None, :, :]
+            x_sum += x
+        xq = tl.sum(part, axis=2)  # [BN, G]
+        xs = tl.sum(x_sum, axis=1)  # [G]  Σ x per group
+        if MAGIC:
+            xq = 16.0 * (xq - xs[None, :])  # Σ x (1 + q/16) → Σ x q
         sz_mask = mask_n[:, None] & mask_g[None, :]
         s = tl.load(s_ptr + offs_n[:, None] * stride_sn + g[None, :], mask=sz_mask, other=0.0).to(tl.float32)  # [BN, G]
         z = tl.load(z_ptr + offs_n[:, None] * stride_zn + g[None, :], mask=sz_mask, other=0).to(tl.float32)  # [BN, G]
-        for m in tl.static_range(BLOCK_M):
-            x_mask = mask_g[:, None] & (byte * 0 + m < M)  # [G, H]
-            x_lo = tl.load(x_ptr + m * stride_xm + 2 * byte, mask=x_mask, other=0.0).to(tl.float32)  # [G, H]
-            x_hi = tl.load(x_ptr + m * stride_xm + 2 * byte + 1, mask=x_mask, other=0.0).to(tl.float32)  # [G, H]
-            xq = tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)  # [BN, G]  Σ x q
-            x_sum = tl.sum(x_lo + x_hi, axis=1)  # [G]  Σ x
-            contrib = tl.sum((xq - z * x_sum[None, :]) * s, axis=1)  # [BN]
-            acc = _accumulate_row(acc, contrib, offs_m, m)
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & mask_n[None, :])
+        acc += tl.sum((xq - z * xs[None, :]) * s, axis=1)  # Σ x (q - z) s
+    tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
+# Words per program per step: 512-2048 (4-16 per thread), so a few programs per SM keep tens of KB
+# of weight loads in flight. MAGIC=False is the plain-conversion variant, for comparison.
 if interpreter_enabled():  # one small config each: test-sized shapes still take several steps
-    _INT8_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4)]
-    _INT4_CONFIGS = [triton.Config({"BLOCK_N": 16, "GROUPS": 2}, num_warps=4)]
+    _INT8_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_W": 8, "MAGIC": True}, num_warps=4)]
+    _INT4_CONFIGS = [triton.Config({"BLOCK_N": 16, "GROUPS": 2, "MAGIC": True}, num_warps=4)]
 else:
-    _INT8_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
-                     for bn, bk, w in [(4, 1024, 4), (8, 512, 4), (8, 1024, 4), (16, 512, 4), (16, 256, 4), (32, 256, 8)]]
-    _INT4_CONFIGS = [triton.Config({"BLOCK_N": bn, "GROUPS": g}, num_warps=w)
-                     for bn, g, w in [(4, 8, 4), (8, 4, 4), (8, 8, 4), (16, 4, 4), (16, 2, 4), (32, 2, 8)]]
-_int8_gemv = triton.autotune(_INT8_CONFIGS, key=["BLOCK_M", "N", "K"])(int8_gemv_kernel)
-_int4_gemv = triton.autotune(_INT4_CONFIGS, key=["BLOCK_M", "N", "K", "GROUP_SIZE"])(int4_gemv_kernel)
+    _INT8_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_W": bw, "MAGIC": magic}, num_warps=w)
+                     for bn, bw, w, magic in [(8, 128, 4, True), (8, 256, 4, True), (16, 128, 4, True),
+                                              (16, 256, 8, True), (4, 512, 4, True), (32, 128, 8, True),
+                                              (8, 256, 4, False)]]
+    _INT4_CONFIGS = [triton.Config({"BLOCK_N": bn, "GROUPS": g, "MAGIC": magic}, num_warps=w)
+                     for bn, g, w, magic in [(8, 4, 4, True), (8, 8, 4, True), (16, 8, 4, True),
+                                             (16, 8, 8, True), (4, 16, 4, True), (32, 4, 8, True),
+                                             (8, 8, 4, False)]]
+_int8_gemv = triton.autotune(_INT8_CONFIGS, key=["N", "K_WORDS"])(int8_gemv_kernel)
+_int4_gemv = triton.autotune(_INT4_CONFIGS, key=["N", "K", "GROUP_SIZE"])(int4_gemv_kernel)
 
 
-def _rows(m: int) -> int:
-    if not 1 <= m <= 8:
-        raise ValueError(f"x: the GEMV kernels take 1 to 8 rows, got {m}")
-    return triton.next_power_of_2(m)
+def _as_words(w: torch.Tensor, name: str) -> torch.Tensor:
+    """View a row-major byte matrix ``[N, B]`` as int32 words ``[N, B/4]`` (no copy)."""
+    if w.shape[1] % 4 or w.stride(1) != 1 or w.stride(0) % 4 or w.storage_offset() % 4:
+        raise ValueError(f"{name}: the GEMV kernel reads 4-byte words; expected contiguous rows of a "
+                         f"multiple of 4 bytes, got shape {tuple(w.shape)}, strides {w.stride()}")
+    return w.view(torch.int32)
+
+
+def gemv_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the wrappers can route this call here: one row, and weights readable as int32 words."""
+    return (x.shape[0] <= GEMV_MAX_M and w.shape[1] % 4 == 0 and w.stride(1) == 1 and w.stride(0) % 4 == 0
+            and w.storage_offset() % 4 == 0)
+
+
+def _one_row(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 2 or x.shape[0] != 1:
+        raise ValueError(f"x: the GEMV kernels take one row [1, K], got shape {tuple(x.shape)}")
+    return x.contiguous()
 
 
 def int8_gemv(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Launch :func:`int8_gemv_kernel` (inputs already checked by the caller): ``[M, K] → [M, N]``."""
-    x = x.contiguous()
-    m, (n, k) = x.shape[0], w_int8.shape
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)  # [M, N]
+    """Launch :func:`int8_gemv_kernel`: x ``[1, K]`` (K % 4 == 0), w ``[N, K]`` int8, scale ``[N]`` → ``[1, N]``."""
+    x = _one_row(x)
+    words = _as_words(w_int8, "w_int8")  # [N, K/4]
+    n = w_int8.shape[0]
+    out = torch.empty((1, n), device=x.device, dtype=x.dtype)  # [1, N]
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _int8_gemv[grid](x, w_int8, scale, out, m, n, k, x.stride(0), w_int8.stride(0), out.stride(0),
-                     BLOCK_M=_rows(m))
+    _int8_gemv[grid](x, words, scale, out, n, words.shape[1], words.stride(0))
     return out
 
 
 def int4_gemv(x: torch.Tensor, w_packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
               group_size: int) -> torch.Tensor:
-    """Launch :func:`int4_gemv_kernel` (inputs already checked by the caller): ``[M, K] → [M, N]``."""
-    x = x.contiguous()
-    m, k, n = x.shape[0], x.shape[1], w_packed.shape[0]
-    if w_packed.stride(1) != 1 or scales.stride(1) != 1 or zeros.stride(1) != 1:
-        raise ValueError("w_packed, scales, zeros: the GEMV kernel needs unit stride along K")
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)  # [M, N]
+    """Launch :func:`int4_gemv_kernel`: x ``[1, K]``, w_packed ``[N, K/2]`` uint8, scales/zeros ``[N, K/g]``."""
+    x = _one_row(x)
+    words = _as_words(w_packed, "w_packed")  # [N, K/8]
+    if scales.stride(1) != 1 or zeros.stride(1) != 1:
+        raise ValueError("scales, zeros: the GEMV kernel needs unit stride along the groups")
+    n = w_packed.shape[0]
+    out = torch.empty((1, n), device=x.device, dtype=x.dtype)  # [1, N]
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _int4_gemv[grid](x, w_packed, scales, zeros, out, m, n, k, x.stride(0), w_packed.stride(0),
-                     scales.stride(0), zeros.stride(0), out.stride(0), GROUP_SIZE=group_size, BLOCK_M=_rows(m))
+    _int4_gemv[grid](x, words, scales, zeros, out, n, x.shape[1], words.stride(0), scales.stride(0),
+                     zeros.stride(0), GROUP_SIZE=group_size)
     return out

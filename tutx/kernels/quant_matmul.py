@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
-from tutx.kernels.quant_gemv import GEMV_MAX_M, int8_gemv
+from tutx.kernels.quant_gemv import gemv_supported, int8_gemv
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SMALL_M = 16  # rows up to which the split-K path is used (from GEMV_MAX_M + 1; see quant_gemv.py below that)
@@ -189,7 +189,7 @@ def int8_weight_only_matmul(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.
     check_same_device(x=x, w_int8=w_int8, scale=scale)
     if not use_triton(x, w_int8, scale) or min(x.shape[0], w_int8.shape[0], x.shape[1]) == 0:
         return int8_weight_only_matmul_ref(x, w_int8, scale)
-    if x.shape[0] <= GEMV_MAX_M:  # decode: stream the weights once, no tensor cores, no atomics
+    if gemv_supported(x, w_int8):  # batch-1 decode: stream the weights once, one launch
         return int8_gemv(x, w_int8, scale)
     return launch_weight_only(_int8_small, _int8_large, x, w_int8.shape[0], (x, w_int8, scale),
                               (x.stride(0), x.stride(1), w_int8.stride(0), w_int8.stride(1)))

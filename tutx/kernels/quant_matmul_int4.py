@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
-from tutx.kernels.quant_gemv import GEMV_MAX_M, int4_gemv
+from tutx.kernels.quant_gemv import gemv_supported, int4_gemv
 from tutx.kernels.quant_matmul import (
     FLOAT_DTYPES,
     check_matrix,
@@ -116,7 +116,7 @@ def int4_weight_only_matmul(x: torch.Tensor, w_packed: torch.Tensor, scales: tor
     _check(x, w_packed, scales, zeros, group_size)
     if not use_triton(x, w_packed, scales, zeros) or min(x.shape[0], w_packed.shape[0], x.shape[1]) == 0:
         return int4_weight_only_matmul_ref(x, w_packed, scales, zeros, group_size)
-    if x.shape[0] <= GEMV_MAX_M:  # decode: stream the weights once, no tensor cores, no atomics
+    if gemv_supported(x, w_packed) and scales.stride(1) == 1 and zeros.stride(1) == 1:  # batch-1 decode
         return int4_gemv(x, w_packed, scales, zeros, group_size)
     return launch_weight_only(
         _int4_small, _int4_large, x, w_packed.shape[0], (x, w_packed, scales, zeros),
