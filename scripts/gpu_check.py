@@ -2,7 +2,7 @@
 
 Each module in ``scripts/gpu_checks/`` exposes ``run(results: dict) -> None`` and adds its rows
 under its own key. This driver records the device, library versions, date and command, and
-writes one JSON file per run (``book/results/gpu_check-<device>-<date>.json`` by default), which
+writes one JSON file per run (``book/results/gpu_check-<device>-<date>T<hhmm>.json`` by default), which
 the notebooks read. Nobody edits those files by hand.
 
     PYTHONPATH=. python3 scripts/gpu_check.py                    # all checks
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"environment": _environment(), "errors": {}, "seconds": {}}
     device = re.sub(r"[^A-Za-z0-9]+", "-", results["environment"]["device"]).strip("-")
-    stamp = results["environment"]["date"][:10]
+    stamp = results["environment"]["date"][:16].replace(":", "")  # 2026-11-26T1041: one file per run
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"gpu_check-{device}-{stamp}.json"
     for path in modules:

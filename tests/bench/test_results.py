@@ -1,0 +1,34 @@
+"""The results-file reader picks, per area, the newest run that measured it."""
+import json
+
+import pytest
+
+from tutx.bench import latest, result_files
+
+
+def _write(tmp_path, name, date, **areas):
+    (tmp_path / name).write_text(json.dumps({"environment": {"device": "GPU X", "date": date, "torch": "2.x"},
+                                             "errors": {}, **areas}))
+
+
+def test_latest_takes_each_area_from_the_newest_run_that_has_it(tmp_path):
+    _write(tmp_path, "gpu_check-b.json", "2026-01-01T10:00:00", attention=[{"ms": 1}], quant=[{"us": 9}])
+    _write(tmp_path, "gpu_check-a.json", "2026-01-02T10:00:00", quant=[{"us": 5}])  # newer, though named first
+    assert [p.name for p in result_files(tmp_path)] == ["gpu_check-b.json", "gpu_check-a.json"]
+    assert latest("quant", tmp_path).rows == [{"us": 5}]
+    attention = latest("attention", tmp_path)
+    assert attention.rows == [{"ms": 1}] and attention.path.name == "gpu_check-b.json"
+    assert "GPU X" in attention.source and "2026-01-01 10:00" in attention.source
+    assert latest("decode", tmp_path) is None
+    assert latest("quant", tmp_path / "missing") is None
+
+
+def test_latest_refuses_a_non_string_area(tmp_path):
+    with pytest.raises(ValueError, match="area: expected a non-empty string"):
+        latest(3, tmp_path)
+
+
+def test_the_repository_results_name_a_device():
+    for path in result_files():
+        env = json.loads(path.read_text())["environment"]
+        assert env["device"] and env["date"] and "torch" in env
