@@ -81,7 +81,7 @@ def test_chunked_prefill_and_decode_match_one_pass(tiny):
         parts = [model(ids[:, :7], cache), model(ids[:, 7:s - 2], cache)]  # two prefill chunks
         parts += [model(ids[:, i:i + 1], cache) for i in (s - 2, s - 1)]  # two decode steps
         expected = hf(ids).logits
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=5e-5)  # logits ~10: fp32 rounding
     torch.testing.assert_close(torch.cat(parts, dim=1), expected, rtol=0, atol=1e-4)
     assert cache.seq_len == s
 

@@ -41,7 +41,8 @@ class KVCache:
         self.num_layers, self.batch, self.num_kv_heads = num_layers, batch, num_kv_heads
         self.max_seq_len, self.head_dim, self.dtype = max_seq_len, head_dim, dtype
         shape = (batch, num_kv_heads, max_seq_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]  # L x [B, Hkv, S_max, D]
+        # one [B, Hkv, S_max, D] buffer per layer for keys, one for values
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.device = self.keys[0].device
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=self.device)  # [B]

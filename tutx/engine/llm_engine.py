@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from tqdm.auto import tqdm
 
 from tutx.engine.block_manager import BlockManager
-from tutx.engine.model_runner import BACKENDS, ModelRunner
+from tutx.engine.model_runner import BACKENDS, ModelRunner, check_model
 from tutx.engine.sampling import Sampler, SamplingParams
 from tutx.engine.scheduler import Scheduler
 from tutx.engine.sequence import Sequence
@@ -105,6 +105,7 @@ class LLMEngine:
         config = EngineConfig() if config is None else config
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
+        check_model(model)
         self.config = config = config.resolve(model)
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.attention_backend)

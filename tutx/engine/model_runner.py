@@ -24,7 +24,7 @@ from tutx.engine.sequence import Sequence
 BACKENDS = ("auto", "triton", "torch")
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
     inner = getattr(model, "model", None)
     need = ("embed_tokens", "layers", "norm", "rotary_emb")
     if inner is None or not hasattr(model, "lm_head") or not all(hasattr(inner, n) for n in need):
@@ -48,7 +48,7 @@ class ModelRunner:
     """
 
     def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto"):
-        _check_model(model)
+        check_model(model)
         if attention_backend not in BACKENDS:
             raise ValueError(f"attention_backend: expected one of {BACKENDS}, got {attention_backend!r}")
         self.model = model
@@ -127,7 +127,8 @@ class ModelRunner:
             outs = []
             for start, end, cached, table in meta["spans"]:
                 if cached:  # prefix-cached tokens come from the pool
-                    ks, vs = gather_kv(k_pool, table, end - start + cached), gather_kv(v_pool, table, end - start + cached)
+                    n = cached + end - start
+                    ks, vs = gather_kv(k_pool, table, n), gather_kv(v_pool, table, n)  # [n, Hkv, D]
                 else:
                     ks, vs = k[start:end], v[start:end]
                 outs.append(prefill_attention(q[start:end], ks, vs, cached, attn.scaling))  # [S_new, Hq, D]
@@ -156,4 +157,4 @@ class ModelRunner:
         return self.model.lm_head(inner.norm(h)).float()  # [B, V]
 
 
-__all__ = ["ModelRunner", "BACKENDS"]
+__all__ = ["ModelRunner", "BACKENDS", "check_model"]

@@ -124,9 +124,9 @@ def _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool)
     if v_pool.shape != k_pool.shape:
         raise ValueError(f"v_pool: expected the shape of k_pool {tuple(k_pool.shape)}, got {tuple(v_pool.shape)}")
     (b, hq, d), (num_blocks, block_size, hkv, dk) = q.shape, k_pool.shape
-    if block_tables.shape[0] != b or lengths.shape[0] != b:
-        bad, got = ("block_tables", block_tables.shape[0]) if block_tables.shape[0] != b else ("lengths", lengths.shape[0])
-        raise ValueError(f"{bad}: expected batch {b} (from q), got {got}")
+    for name, got in (("block_tables", block_tables.shape[0]), ("lengths", lengths.shape[0])):
+        if got != b:
+            raise ValueError(f"{name}: expected batch {b} (from q), got {got}")
     if dk != d:
         raise ValueError(f"k_pool: expected head_dim {d} (from q), got {dk}")
     if d > MAX_HEAD_DIM:

@@ -1,0 +1,99 @@
+"""Scheduler: FCFS admission within budgets, decode batches, preemption by recompute (no model)."""
+import pytest
+
+from tutx.engine.block_manager import BlockManager
+from tutx.engine.scheduler import Scheduler
+from tutx.engine.sequence import Sequence, SequenceStatus
+
+
+def make(num_blocks=16, block_size=4, max_num_seqs=4, max_tokens=32):
+    return Scheduler(BlockManager(num_blocks, block_size), max_num_seqs, max_tokens)
+
+
+def seq(n, start):
+    return Sequence(list(range(start, start + n)))
+
+
+def test_prefill_admits_fcfs_within_token_budget_then_decodes():
+    sched = make(max_tokens=20)
+    a, b, c = seq(8, 0), seq(10, 100), seq(5, 200)
+    for s in (a, b, c):
+        sched.add(s)
+    batch, is_prefill = sched.schedule()
+    assert is_prefill and batch == [a, b]  # 8 + 10 fit 20; c (5 more) does not
+    assert all(s.status is SequenceStatus.RUNNING for s in batch)
+    batch, is_prefill = sched.schedule()
+    assert is_prefill and batch == [c]
+    for s in (a, b, c):
+        s.append_token(1)
+    batch, is_prefill = sched.schedule()
+    assert not is_prefill and batch == [a, b, c]
+
+
+def test_max_num_seqs_limits_running():
+    sched = make(max_num_seqs=2)
+    seqs = [seq(2, 10 * i) for i in range(3)]
+    for s in seqs:
+        sched.add(s)
+    batch, _ = sched.schedule()
+    assert batch == seqs[:2]
+    for s in batch:
+        s.append_token(1)
+    batch, is_prefill = sched.schedule()  # the third must wait for a free seat
+    assert not is_prefill and batch == seqs[:2]
+    sched.finish(seqs[0], "stop")
+    batch, is_prefill = sched.schedule()
+    assert is_prefill and batch == [seqs[2]]
+    assert seqs[0].finish_reason == "stop" and sched.block_manager.num_free_blocks == 16 - 2
+
+
+def test_preempts_most_recent_and_requeues_at_head():
+    sched = make(num_blocks=3, block_size=4)
+    a, b, c = seq(4, 0), seq(4, 100), seq(4, 200)
+    for s in (a, b, c):
+        sched.add(s)
+    batch, _ = sched.schedule()
+    assert batch == [a, b, c] and sched.block_manager.num_free_blocks == 0
+    for s in (a, b, c):
+        s.append_token(1)  # each needs a second block; none is free
+    batch, is_prefill = sched.schedule()
+    # a needs a block: c (newest) is preempted; b then needs one: c's block went to a, so b goes too.
+    assert not is_prefill and batch == [a]
+    assert list(sched.waiting) == [b, c] and sched.num_preemptions == 2
+    assert b.status is SequenceStatus.WAITING and b.block_table == []
+    assert len(b) == 5  # tokens kept: it will be recomputed, prompt plus generated token
+    sched.finish(a, "length")
+    batch, is_prefill = sched.schedule()
+    assert is_prefill and batch == [b]  # FCFS among the preempted; c (2 more blocks) does not fit yet
+    assert b.num_cached_tokens == 4  # b's full first block survived in the prefix cache
+    assert sched.block_manager.num_free_blocks == 1 and list(sched.waiting) == [c]
+
+
+def test_abort_frees_blocks_from_either_queue():
+    sched = make(num_blocks=4, max_num_seqs=1)
+    a, b = seq(5, 0), seq(3, 50)
+    sched.add(a)
+    sched.add(b)
+    sched.schedule()
+    sched.abort(b)  # waiting
+    sched.abort(a)  # running
+    assert a.status is SequenceStatus.ABORTED and a.finish_reason == "abort"
+    assert not sched.has_unfinished() and sched.block_manager.num_free_blocks == 4
+    with pytest.raises(ValueError, match="neither waiting nor running"):
+        sched.abort(a)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="block_manager"):
+        Scheduler(None, 1, 1)
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        Scheduler(BlockManager(2, 2), 0, 4)
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        Scheduler(BlockManager(2, 2), 1, True)
+    sched = make()
+    s = seq(2, 0)
+    sched.add(s)
+    sched.schedule()
+    with pytest.raises(ValueError, match="WAITING"):
+        sched.add(s)
+    assert "running=1" in repr(sched)

@@ -1,0 +1,247 @@
+"""The engine end to end on the tiny LM: greedy output equals Hugging Face ``generate`` token for token."""
+import random
+
+import pytest
+import torch
+
+from tutx.engine import EngineConfig, LLMEngine, SamplingParams
+from tutx.models import heldout_text, load_tiny
+
+LENGTHS = [5, 17, 33, 64, 100, 9, 48, 130]  # prompt lengths in tokens
+MAX_TOKENS = [12, 30, 7, 25, 40, 3, 18, 33]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is several times faster than two on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_tiny()
+
+
+@pytest.fixture(scope="module")
+def ids(tiny):
+    return tiny[1].encode(heldout_text()[:30000])
+
+
+@pytest.fixture(scope="module")
+def prompts(ids):
+    return [ids[300 * i: 300 * i + n] for i, n in enumerate(LENGTHS)]
+
+
+_HF = {}
+
+
+def hf_greedy(model, prompt, max_new_tokens, eos_token_id=None):
+    """The completion of ``model.generate`` on the prompt alone (cached)."""
+    key = (tuple(prompt), max_new_tokens, eos_token_id)
+    if key not in _HF:
+        x = torch.tensor([prompt])
+        extra = {} if eos_token_id is None else {"eos_token_id": eos_token_id}
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=0, **extra)
+        _HF[key] = out[0, len(prompt):].tolist()
+    return _HF[key]
+
+
+def greedy(n):
+    return SamplingParams(temperature=0, max_tokens=n)
+
+
+def assert_all_blocks_free(engine):
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks and all(b.ref_count == 0 for b in bm.blocks)
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("config", [
+    EngineConfig(),  # plenty of blocks: no preemption
+    EngineConfig(block_size=8, num_blocks=21, max_model_len=256),  # tight pool: preemption
+    EngineConfig(block_size=4, num_blocks=60, max_model_len=256, enable_prefix_caching=False),
+], ids=["roomy", "preempt", "preempt-no-prefix-cache"])
+def test_greedy_matches_hf_generate(tiny, prompts, config):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, config)
+    outs = engine.generate(prompts, [greedy(n) for n in MAX_TOKENS], progress=False)
+    for prompt, n, out in zip(prompts, MAX_TOKENS, outs):
+        assert out.token_ids == hf_greedy(model, prompt, n)
+        assert out.prompt_token_ids == prompt and out.finished and out.finish_reason == "length"
+        assert out.text == tok.decode(out.token_ids, skip_special_tokens=True)
+    if config.num_blocks is not None:
+        assert engine.scheduler.num_preemptions >= 1
+    assert_all_blocks_free(engine)
+
+
+def test_many_preemptions_short_prompts_long_outputs(tiny, ids):
+    model, tok = tiny
+    prompts = [ids[1000 + 97 * i: 1000 + 97 * i + n] for i, n in enumerate([3, 11, 6, 20, 9, 14, 4, 17])]
+    engine = LLMEngine(model, tok, EngineConfig(block_size=4, num_blocks=20, max_model_len=128))
+    outs = engine.generate(prompts, [greedy(40 + 3 * i) for i in range(8)], progress=False)
+    for i, (prompt, out) in enumerate(zip(prompts, outs)):
+        assert out.token_ids == hf_greedy(model, prompt, 40 + 3 * i)
+    assert engine.scheduler.num_preemptions >= 4
+    assert_all_blocks_free(engine)
+
+
+def test_prefix_sharing(tiny, ids):
+    model, tok = tiny
+    shared = ids[5000:5100]  # 100 tokens: 6 full blocks of 16
+    a, b, c = shared + ids[7000:7007], shared + ids[8000:8012], shared + ids[9000:9003]
+    engine = LLMEngine(model, tok, EngineConfig(block_size=16))
+    out_a, out_b = engine.generate([a, b], [greedy(20), greedy(15)], progress=False)
+    # Admitted in the same prefill step: b reads the blocks a writes in that very forward pass.
+    assert out_a.num_cached_tokens == 0 and out_b.num_cached_tokens == 96
+    out_c, = engine.generate([c], greedy(10), progress=False)  # a and b are done; their blocks stay cached
+    assert out_c.num_cached_tokens == 96
+    for prompt, n, out in ((a, 20, out_a), (b, 15, out_b), (c, 10, out_c)):
+        assert out.token_ids == hf_greedy(model, prompt, n)
+    assert_all_blocks_free(engine)
+
+
+def test_random_aborts_free_everything_and_leave_others_intact(tiny, prompts):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(block_size=8, num_blocks=24, max_model_len=256))
+    rids = [engine.add_request(p, greedy(n)) for p, n in zip(prompts, MAX_TOKENS)]
+    rng = random.Random(1234)
+    finals, aborted, streamed = {}, set(), {r: [] for r in rids}
+    while engine.has_unfinished():
+        for out in engine.step():
+            streamed[out.request_id] += out.new_token_ids
+            if out.finished:
+                finals[out.request_id] = out
+        live = [r for r in rids if r not in finals and r not in aborted]
+        if live and rng.random() < 0.15:
+            victim = rng.choice(live)
+            engine.abort(victim)
+            aborted.add(victim)
+    assert 1 <= len(aborted) < len(rids)
+    for rid, prompt, n in zip(rids, prompts, MAX_TOKENS):
+        if rid in aborted:
+            assert rid not in finals
+            with pytest.raises(KeyError, match="no unfinished request"):
+                engine.abort(rid)
+        else:
+            assert finals[rid].token_ids == streamed[rid] == hf_greedy(model, prompt, n)
+    assert_all_blocks_free(engine)
+
+
+def test_too_long_prompt_is_rejected_while_the_engine_serves_others(tiny, prompts, ids):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(max_model_len=128))
+    engine.add_request(prompts[3], greedy(25))
+    tokens = [t for o in engine.step() for t in o.new_token_ids]
+    with pytest.raises(ValueError, match="max_model_len=128"):
+        engine.add_request(ids[:128], greedy(5))
+    with pytest.raises(ValueError, match=r"prompts\[1\]"):
+        engine.generate([prompts[0], ids[:500]], greedy(5), progress=False)
+    while engine.has_unfinished():
+        tokens += [t for o in engine.step() for t in o.new_token_ids]
+    assert tokens == hf_greedy(model, prompts[3], 25)
+    # Generation stops at the context length with finish reason "length".
+    out, = engine.generate([ids[:120]], greedy(50), progress=False)
+    assert len(out.token_ids) == 8 and out.finish_reason == "length"
+    assert out.token_ids == hf_greedy(model, ids[:120], 8)
+
+
+def test_stop_strings_are_stripped_and_streaming_adds_up(tiny, prompts):
+    model, tok = tiny
+    engine = LLMEngine(model, tok)
+    full, = engine.generate([prompts[4]], greedy(40), progress=False)
+    stop = full.text[31:35]  # a piece from the middle of the greedy text
+    cut = full.text.find(stop)
+    rid = engine.add_request(prompts[4], SamplingParams(temperature=0, max_tokens=40, stop=["#never#", stop]))
+    pieces, last = [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            pieces.append(out.new_text)
+            last = out
+    assert last.request_id == rid and last.finish_reason == "stop" and last.stop_reason == stop
+    assert last.text == full.text[:cut] == "".join(pieces)
+    assert last.token_ids == full.token_ids[: len(last.token_ids)]
+    # Without stop strings every step's text is streamed at once.
+    engine.add_request(prompts[4], greedy(40))
+    pieces = [o.new_text for _ in range(60) if engine.has_unfinished() for o in engine.step()]
+    assert "".join(pieces) == full.text
+
+
+def test_eos_and_stop_token_ids(tiny, prompts):
+    model, tok = tiny
+    engine = LLMEngine(model, tok)
+    ref = hf_greedy(model, prompts[1], 30)
+    stop_id = ref[10]  # a token the greedy completion produces; first seen at index k
+    k = ref.index(stop_id)
+    assert hf_greedy(model, prompts[1], 30, eos_token_id=stop_id) == ref[: k + 1]
+    engine.eos_token_ids = frozenset({stop_id})  # pretend it is the model's eos
+    eos, ignored = engine.generate([prompts[1]] * 2, [greedy(30), SamplingParams(temperature=0, max_tokens=30,
+                                                                                 ignore_eos=True)], progress=False)
+    assert eos.token_ids == ref[: k + 1] and eos.finish_reason == "stop" and eos.stop_reason is None
+    assert ignored.token_ids == ref and ignored.finish_reason == "length"
+    engine.eos_token_ids = frozenset({0})
+    out, = engine.generate([prompts[1]], SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[stop_id]),
+                           progress=False)
+    assert out.token_ids == ref[: k + 1] and out.stop_reason == stop_id
+    assert out.text == tok.decode(ref[:k])  # the stop token's text is left out
+    assert_all_blocks_free(engine)
+
+
+def test_triton_backend_through_the_interpreter(tiny, prompts):
+    """The paged-decode kernel inside the engine (on CPU under TRITON_INTERPRET=1)."""
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(block_size=4, attention_backend="triton"))
+    outs = engine.generate(prompts[:2], [greedy(4), greedy(3)], progress=False)
+    for prompt, n, out in zip(prompts, (4, 3), outs):
+        assert out.token_ids == hf_greedy(model, prompt, n)
+    assert engine.runner.attention_backend == "triton"
+
+
+def test_generate_shows_a_progress_bar_and_token_id_prompts(tiny, prompts, capfd):
+    model, tok = tiny
+    engine = LLMEngine(model, tok)
+    out, = engine.generate(prompts[0], greedy(3), progress=True)  # one token-id prompt, not wrapped
+    assert out.token_ids == hf_greedy(model, prompts[0], 3)
+    assert "Generating" in capfd.readouterr().err
+    text_out, = engine.generate("ROMEO:\n", greedy(3), progress=False)
+    assert text_out.prompt == "ROMEO:\n" and text_out.prompt_token_ids == tok.encode("ROMEO:\n")
+
+
+def test_errors(tiny, prompts):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(max_model_len=64, num_blocks=4, block_size=8))
+    with pytest.raises(KeyError, match="no unfinished request 'nope'"):
+        engine.abort("nope")
+    with pytest.raises(ValueError, match="num_blocks=4"):
+        engine.add_request(prompts[0], greedy(40))
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.add_request([], greedy(4))
+    with pytest.raises(ValueError, match="vocab_size"):
+        engine.add_request([1, 5000], greedy(4))
+    with pytest.raises(TypeError, match="prompt"):
+        engine.add_request(3.5, greedy(4))
+    with pytest.raises(TypeError, match="params"):
+        engine.add_request([1, 2], {"temperature": 0})
+    rid = engine.add_request([1, 2], greedy(2), request_id="mine")
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request([1, 2], greedy(2), request_id=rid)
+    with pytest.raises(ValueError, match="one SamplingParams per prompt"):
+        engine.generate([[1], [2]], [greedy(2)], progress=False)
+    engine.abort("mine")
+    assert_all_blocks_free(engine)
+    with pytest.raises(ValueError, match="a string needs a tokenizer"):
+        LLMEngine(model, None).add_request("hello")
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        EngineConfig(max_model_len=512, max_num_batched_tokens=100)
+    with pytest.raises(ValueError, match="block_size"):
+        EngineConfig(block_size=0)
+    with pytest.raises(ValueError, match="attention_backend"):
+        EngineConfig(attention_backend="cuda")
+    with pytest.raises(ValueError, match="max_position_embeddings=512"):
+        LLMEngine(model, tok, EngineConfig(max_model_len=4096))
+    with pytest.raises(TypeError, match="Llama-style"):
+        LLMEngine(torch.nn.Linear(2, 2), tok)
+    assert "LLMEngine(unfinished=0" in repr(engine)

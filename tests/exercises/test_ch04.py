@@ -1,0 +1,137 @@
+"""Chapter 4's checks accept right answers, reject wrong ones and say "not solved yet" to stubs."""
+import pytest
+import torch
+
+import tutx.exercises
+from tutx.exercises import ch04
+
+
+def softmax_step_right(m, l, acc, scores, values):
+    """Written independently of the reference: the new max, then rescale the old sums by exp(m - m_new)."""
+    m_new = torch.max(torch.cat([m[:, None], scores], dim=1), dim=1).values
+    scale = torch.exp(m - m_new)
+    p = torch.exp(scores - m_new[:, None])
+    return m_new, scale * l + p.sum(1), scale[:, None] * acc + torch.einsum("mn,nd->md", p, values)
+
+
+def softmax_step_no_rescale(m, l, acc, scores, values):
+    """Forgets that the running sums were taken under the old max."""
+    m_new = torch.maximum(m, scores.max(dim=1).values)
+    p = torch.exp(scores - m_new[:, None])
+    return m_new, l + p.sum(1), acc + p @ values
+
+
+def window_blocks_right(num_q_blocks, num_k_blocks, block, window):
+    """Interval arithmetic: block (i, j) is visited if its closest allowed pair is in the window."""
+    out = torch.zeros(num_q_blocks, num_k_blocks, dtype=torch.bool)
+    offset = (num_k_blocks - num_q_blocks) * block
+    for i in range(num_q_blocks):
+        q_lo, q_hi = offset + i * block, offset + (i + 1) * block - 1
+        for j in range(num_k_blocks):
+            k_lo, k_hi = j * block, (j + 1) * block - 1
+            out[i, j] = k_lo <= q_hi and q_lo - min(k_hi, q_lo) < window
+    return out
+
+
+def window_blocks_causal_only(num_q_blocks, num_k_blocks, block, window):
+    return torch.ones(num_q_blocks, num_k_blocks, dtype=torch.bool).tril(num_k_blocks - num_q_blocks)
+
+
+def kv_bytes_right(config, batch, seq_len, bytes_per_elem):
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * batch * seq_len * bytes_per_elem
+
+
+def kv_bytes_mha(config, batch, seq_len, bytes_per_elem):
+    """Counts every query head: right for Llama-2-7B, 4x too much for Llama-3.1-8B."""
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    return 2 * config["num_hidden_layers"] * config["num_attention_heads"] * head_dim * batch * seq_len * bytes_per_elem
+
+
+def test_lazy_module():
+    assert tutx.exercises.ch04 is ch04
+
+
+def test_correct_solutions_pass(capsys):
+    ch04.check_online_softmax_update(softmax_step_right)
+    ch04.check_window_block_mask(window_blocks_right)
+    ch04.check_kv_cache_bytes_gqa(kv_bytes_right)
+    out = capsys.readouterr().out
+    assert "✅ check_online_softmax_update: all 5 cases passed" in out
+    assert "✅ check_window_block_mask: all 6 cases passed" in out
+    assert "✅ check_kv_cache_bytes_gqa: all 6 cases passed" in out
+
+
+def test_online_softmax_steps_compose_to_softmax():
+    torch.manual_seed(0)
+    scores, values = torch.randn(5, 23), torch.randn(23, 4)
+    state = (torch.full((5,), float("-inf")), torch.zeros(5), torch.zeros(5, 4))
+    for start in range(0, 23, 8):
+        state = ch04.online_softmax_update(*state, scores[:, start:start + 8], values[start:start + 8])
+    m, l, acc = state
+    torch.testing.assert_close(acc / l[:, None], torch.softmax(scores, dim=1) @ values)
+    torch.testing.assert_close(m, scores.max(dim=1).values)
+
+
+def test_window_block_mask_agrees_with_the_dense_mask():
+    from tutx.kernels.sparse_attention import sliding_window_mask
+
+    mask = ch04.window_block_mask(4, 4, 8, 12)
+    dense = sliding_window_mask(32, 32, 12)
+    for i in range(4):
+        for j in range(4):
+            assert bool(mask[i, j]) == bool(dense[i * 8:(i + 1) * 8, j * 8:(j + 1) * 8].any())
+    assert mask.tolist() == [[True, False, False, False], [True, True, False, False],
+                             [True, True, True, False], [False, True, True, True]]
+
+
+def test_wrong_answers_fail_and_name_the_case():
+    with pytest.raises(AssertionError, match=r"check_online_softmax_update: case 2/5 .*output 1.*values differ"):
+        ch04.check_online_softmax_update(softmax_step_no_rescale)
+    with pytest.raises(AssertionError, match=r"check_window_block_mask: case 1/6 fn\(4, 4, 16, 16\): values differ"):
+        ch04.check_window_block_mask(window_blocks_causal_only)
+    with pytest.raises(AssertionError, match="check_kv_cache_bytes_gqa: case 1/6 .* returned 4294967296, "
+                                             "expected 1073741824"):
+        ch04.check_kv_cache_bytes_gqa(kv_bytes_mha)
+
+
+def test_wrong_dtype_or_shape_fails():
+    with pytest.raises(AssertionError, match="returned shape .* torch.int64, expected .* torch.bool"):
+        ch04.check_window_block_mask(lambda *args: window_blocks_right(*args).long())
+    with pytest.raises(AssertionError, match="returned 2 value"):
+        ch04.check_online_softmax_update(lambda m, l, acc, s, v: softmax_step_right(m, l, acc, s, v)[:2])
+
+
+def test_stubs_are_not_solved_yet(capsys):
+    def empty(m, l, acc, scores, values):
+        ...
+
+    def ellipsis(num_q_blocks, num_k_blocks, block, window):
+        return ...
+
+    def not_implemented(config, batch, seq_len, bytes_per_elem):
+        raise NotImplementedError
+
+    ch04.check_online_softmax_update(empty)
+    ch04.check_window_block_mask(ellipsis)
+    ch04.check_kv_cache_bytes_gqa(not_implemented)
+    ch04.check_kv_cache_bytes_gqa(lambda *args: ...)
+    out = capsys.readouterr().out
+    assert out.count("not solved yet") == 4 and "✅" not in out
+
+
+def test_learner_exceptions_become_failed_cases():
+    def broken(*args):
+        raise ZeroDivisionError("oops")
+
+    with pytest.raises(AssertionError, match="case 1/5 .* raised ZeroDivisionError: oops"):
+        ch04.check_online_softmax_update(broken)
+
+
+@pytest.mark.parametrize("check", [ch04.check_online_softmax_update, ch04.check_window_block_mask,
+                                   ch04.check_kv_cache_bytes_gqa])
+def test_checks_want_a_callable(check):
+    with pytest.raises(TypeError, match="expected a function"):
+        check(42)
