@@ -1,0 +1,22 @@
+"""peak_memory sees a call's temporary allocations on the CPU."""
+import pytest
+import torch
+
+from tutx.bench import peak_memory
+
+
+def test_peak_memory_sees_a_large_temporary():
+    def make_and_drop():
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched so the pages are resident
+        return float(x.sum())
+
+    result, peak = peak_memory(make_and_drop, device="cpu")
+    assert result == 64 * 2**20 // 4
+    assert 48 * 2**20 < peak < 256 * 2**20
+
+
+def test_peak_memory_checks_its_arguments():
+    with pytest.raises(TypeError, match="fn: expected a callable"):
+        peak_memory(3)
+    with pytest.raises(ValueError, match="interval: expected seconds > 0"):
+        peak_memory(lambda: 0, interval=0)
