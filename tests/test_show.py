@@ -22,3 +22,10 @@ def test_show_classes_and_quiet_mode(capsys):
 def test_show_rejects_non_code(bad):
     with pytest.raises(TypeError, match="show\\(obj\\)"):
         tutx.show(bad)
+
+
+def test_show_unwraps_triton_kernels(capsys):
+    from tutx.kernels import attention
+
+    tutx.show(attention.flash_attention_kernel)  # autotuned @triton.jit: the Python source underneath
+    assert "def flash_attention_kernel" in capsys.readouterr().out

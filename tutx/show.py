@@ -11,6 +11,8 @@ def show(obj, *, print_it: bool = True) -> str | None:
     package can never drift apart. With ``print_it=False`` the source is returned instead
     (returning it while printing would make a notebook show it twice).
     """
+    while not inspect.isroutine(obj) and callable(getattr(obj, "fn", None)):  # Triton's @jit / @autotune wrappers
+        obj = obj.fn
     if isinstance(obj, str) or not (
         inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj) or inspect.ismodule(obj)
     ):
