@@ -13,6 +13,7 @@ One concept per module:
     engine = LLMEngine(*load_tiny(), EngineConfig(max_num_seqs=8))
     outs = engine.generate(["ROMEO:", "JULIET:"], SamplingParams(temperature=0, max_tokens=32))
 """
+from tutx.engine.batcher import BatcherStats, DynamicBatcher, QueueFull, greedy_generate, pad_batch
 from tutx.engine.block_manager import BlockManager
 from tutx.engine.llm_engine import EngineConfig, LLMEngine, RequestOutput
 from tutx.engine.model_runner import ModelRunner
@@ -21,6 +22,6 @@ from tutx.engine.sampling import Sampler, SamplingParams
 from tutx.engine.scheduler import Scheduler
 from tutx.engine.sequence import Sequence, SequenceStatus
 
-__all__ = ["LLMEngine", "EngineConfig", "RequestOutput", "SamplingParams", "Sampler", "Sequence",
+__all__ = ["DynamicBatcher", "QueueFull", "BatcherStats", "pad_batch", "greedy_generate", "LLMEngine", "EngineConfig", "RequestOutput", "SamplingParams", "Sampler", "Sequence",
            "SequenceStatus", "BlockManager", "Scheduler", "ModelRunner", "paged_decode_attention",
            "paged_decode_attention_ref"]

@@ -1,0 +1,430 @@
+"""Device maps: spread a model's decoder layers over devices with memory budgets (Chapter 6).
+
+A model too big for one GPU can still run if each device holds a contiguous run of whole
+decoder layers (pipeline-style "naive model parallelism", what ``device_map="auto"`` does).
+:func:`plan_device_map` decides where every module goes; :func:`dispatch_` moves the modules
+and adds the hops that carry the hidden states from one device to the next.
+
+Rules of the plan (compare accelerate's ``infer_auto_device_map``):
+
+- a decoder layer is never split; layers fill the devices in the order the budgets are given,
+  ``"disk"`` always last (a last resort: offloaded weights are streamed in at every step);
+- the embeddings (and parameter-free helpers such as the rotary table) go on the first device,
+  the final norm and the ``lm_head`` on the last device used;
+- tied weights (``lm_head.weight is embed_tokens.weight``) are counted once, and the tied
+  ``lm_head`` is placed *with the embeddings* on the first device — splitting a tied weight
+  would mean two copies; the last hidden state hops back to the first device for the logits;
+- with ``reserve_kv`` a device must hold its layers' weights *and* their share of the KV
+  cache, ``2·batch·seq·Hkv·head_dim·bytes`` per layer. (A disk layer's KV is charged to the disk
+  budget — a simplification: such a layer really runs, and keeps its cache, on a GPU.)
+
+Unlike accelerate we keep no spare room on the first GPU for streaming offloaded layers back
+in, so the same budgets can give the first device (and the CPU) one layer more.
+
+Devices are budget keys: ``"cuda:N"`` (or an int N), ``"mps"``, ``"cpu"``, ``"disk"``, and
+``"cpu:N"`` — *simulated* devices that are all the torch device ``cpu``, so the hops of a
+multi-GPU split can be shown and tested on a laptop.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from tutx.scaling import DTYPE_BYTES, ModelSpec, kv_cache_bytes
+
+__all__ = ["DevicePlan", "Dispatch", "plan_device_map", "dispatch_", "parse_size", "torch_device"]
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_LABEL = re.compile(r"^(cuda:\d+|cpu:\d+|cpu|mps|disk)$")
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_size(value, name: str = "size") -> int:
+    """Bytes from an int or a string such as ``"10GiB"``, ``"500MB"``, ``"1.5 GB"`` (GB = 10⁹, GiB = 2³⁰)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name}={value!r}: expected bytes as an int or a string such as '10GiB' or '500MB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{name}={value!r}: expected a number of bytes >= 0")
+        return value
+    match = _SIZE.match(value)
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{name}={value!r}: expected a size such as '10GiB', '500MB' or '1.5GB' "
+                         "(units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _short(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{_fmt(n)} ({n:,} B)"
+
+
+def _label(key) -> str:
+    """Normalise a budget key: 0 → "cuda:0", "cuda" → "cuda:0", torch.device("cpu") → "cpu"."""
+    if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+        return f"cuda:{key}"
+    if isinstance(key, torch.device):
+        key = str(key)
+    if isinstance(key, str):
+        label = "cuda:0" if key.strip().lower() == "cuda" else key.strip().lower()
+        if _LABEL.match(label):
+            return label
+    raise ValueError(f"budgets: device key {key!r} not understood; expected 'cuda:N' (or an int N), "
+                     "'cpu', 'cpu:N' (a simulated device), 'mps' or 'disk'")
+
+
+def torch_device(label: str) -> torch.device:
+    """The torch device a plan label runs on: ``"cpu:N"`` → ``cpu``; ``"disk"`` has none."""
+    label = _label(label)
+    if label == "disk":
+        raise ValueError("device 'disk': disk holds weights but computes nothing; it has no torch device")
+    if label.startswith("cpu"):
+        return torch.device("cpu")
+    if label.startswith("cuda") and int(label[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"device {label!r}: only {torch.cuda.device_count()} CUDA device(s) are available")
+    return torch.device(label)
+
+
+def _accelerate_value(label: str):
+    """accelerate's device-map values: GPU index as an int, else the name ("cpu:N" stays as is)."""
+    return int(label[5:]) if label.startswith("cuda:") else label
+
+
+def _to_dtype(dtype, name: str = "dtype") -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"{name}={dtype!r}: expected None, a torch.dtype or one of {', '.join(_DTYPES)}")
+
+
+# ---- the model's structure ---------------------------------------------------------------
+def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of identical blocks holding the most parameters (``model.layers``, ``transformer.h``)."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[2]:
+                best = (name, module, size)
+    if best is None:
+        raise TypeError(f"model: expected a transformer whose decoder layers are an nn.ModuleList "
+                        f"(model.layers, transformer.h), found none in {type(model).__name__}")
+    return best[0], best[1]
+
+
+def _units(model: nn.Module):
+    """Split the model into ``(head, layers, tail)`` lists of ``(name, module)``, in run order."""
+    layers_name, layers = _decoder_layers(model)
+    head, tails, parent, prefix = [], [], model, ""
+    for part in layers_name.split("."):
+        if next(parent.named_parameters(recurse=False), None) or next(parent.named_buffers(recurse=False), None):
+            raise TypeError(f"model: {type(parent).__name__} holds tensors of its own; only weights inside "
+                            "submodules can be placed")
+        after, tails = False, [[]] + tails  # an inner module's tail runs before its parent's
+        for child_name, child in parent.named_children():
+            if child_name == part:
+                after = True
+            elif next(child.parameters(), None) is None:
+                head.append((prefix + child_name, child))  # rotary tables, dropout: cheap helpers
+            else:
+                (tails[0] if after else head).append((prefix + child_name, child))
+        parent, prefix = getattr(parent, part), prefix + part + "."
+    tail = [unit for level in tails for unit in level]
+    head_ids = {id(p) for _, m in head for p in m.parameters()}
+    tied = [(n, m) for n, m in tail if any(id(p) in head_ids for p in m.parameters())]
+    head += tied  # a tied lm_head lives with the embedding it shares
+    tail = [(n, m) for n, m in tail if (n, m) not in tied]
+    return head, [(f"{layers_name}.{i}", m) for i, m in enumerate(layers)], tail
+
+
+def _bytes(modules, seen: set, dtype: torch.dtype | None) -> int:
+    """Bytes of the parameters and buffers not counted yet (tied tensors once); floats cast to ``dtype``."""
+    total = 0
+    for _, module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            size = dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size()
+            total += t.numel() * size
+    return total
+
+
+def _kv_per_layer(reserve_kv, config, num_layers: int, weight_bytes: int) -> int:
+    """KV-cache bytes one layer must keep free room for."""
+    if reserve_kv is None:
+        return 0
+    if isinstance(reserve_kv, (int, str)):  # total for the whole model, shared evenly
+        return math.ceil(parse_size(reserve_kv, "reserve_kv") / num_layers)
+    if not isinstance(reserve_kv, Mapping):
+        raise TypeError(f"reserve_kv={reserve_kv!r}: expected None, bytes (int or '2GiB') or "
+                        "dict(batch=..., seq_len=..., dtype=...)")
+    unknown = set(reserve_kv) - {"batch", "seq_len", "dtype"}
+    if unknown or not {"batch", "seq_len"} <= set(reserve_kv):
+        raise ValueError(f"reserve_kv={dict(reserve_kv)!r}: expected the keys batch and seq_len, and "
+                         "optionally dtype")
+    batch, seq_len, dtype = reserve_kv["batch"], reserve_kv["seq_len"], reserve_kv.get("dtype")
+    for name, value in (("batch", batch), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"reserve_kv[{name!r}]={value!r}: expected an integer >= 1")
+    if dtype is None:
+        elem = weight_bytes
+    elif isinstance(dtype, str) and dtype in DTYPE_BYTES:
+        elem = DTYPE_BYTES[dtype]
+    else:
+        elem = _to_dtype(dtype, "reserve_kv['dtype']").itemsize
+    if config is None:
+        raise TypeError("reserve_kv: a dict needs the model's config (model.config) to know Hkv and head_dim")
+    spec = ModelSpec.from_config(config)
+    return math.ceil(kv_cache_bytes(1, spec.num_kv_heads, spec.head_dim, batch, seq_len, elem))
+
+
+def _as_model(model_or_config) -> nn.Module:
+    """A model as is; a config (object, dict or a name from :mod:`tutx.configs`) built on ``meta``."""
+    if isinstance(model_or_config, nn.Module):
+        return model_or_config
+    from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+    config = model_or_config
+    if isinstance(config, str):
+        from tutx.configs import to_hf_config
+
+        config = to_hf_config(config)
+    elif isinstance(config, Mapping):
+        if "model_type" not in config:
+            raise ValueError("model_or_config: a config dict needs a 'model_type' field")
+        config = dict(config)
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"model_or_config: expected an nn.Module, a transformers config, a config dict "
+                        f"or a model name, got {type(model_or_config).__name__}")
+    with torch.device("meta"):  # shapes only: a 405B model costs no memory
+        return AutoModelForCausalLM.from_config(config)
+
+
+# ---- the plan ------------------------------------------------------------------------------
+@dataclass(repr=False)
+class DevicePlan:
+    """Where every module goes, and what each device then holds.
+
+    ``device_map`` is in accelerate's format (module name → GPU index, ``"cpu"``, ``"disk"``;
+    simulated ``"cpu:N"`` stay strings), so it can be compared with ``infer_auto_device_map`` or
+    passed to ``from_pretrained(device_map=...)``. ``placement`` gives the same with our labels.
+    """
+
+    device_map: dict[str, int | str]
+    placement: dict[str, str]  # module name → device label, in run order
+    budgets: dict[str, int]  # label → bytes, in fill order
+    weight_bytes: dict[str, int]  # label → bytes of weights placed there
+    kv_bytes: dict[str, int]  # label → KV-cache bytes reserved there
+    layers: dict[str, list[int]]  # label → indices of its decoder layers
+    kv_per_layer: int = 0
+
+    def layers_per_device(self) -> dict[str, int]:
+        return {label: len(idx) for label, idx in self.layers.items()}
+
+    def used(self, label: str) -> int:
+        return self.weight_bytes[label] + self.kv_bytes[label]
+
+    def summary(self) -> str:
+        """A table: budget, layers, weights, KV and free room per device."""
+        rows = [("device", "budget", "layers", "weights", "KV cache", "free")]
+        for label, budget in self.budgets.items():
+            idx = self.layers[label]
+            span = "-" if not idx else f"{idx[0]}" if len(idx) == 1 else f"{idx[0]}-{idx[-1]} ({len(idx)})"
+            rows.append((label, _fmt(budget), span, _fmt(self.weight_bytes[label]),
+                         _fmt(self.kv_bytes[label]), _fmt(budget - self.used(label))))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        others = [f"{n} → {d}" for n, d in self.placement.items() if not re.search(r"\.\d+$", n)]
+        lines.append("other modules: " + ", ".join(others))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        split = ", ".join(f"{d}: {n}" for d, n in self.layers_per_device().items() if n)
+        total = sum(self.used(d) for d in self.budgets)
+        return (f"DevicePlan({sum(self.layers_per_device().values())} layers → {split}; "
+                f"{_fmt(total)} used of {_fmt(sum(self.budgets.values()))})")
+
+
+def _check_budgets(budgets) -> dict[str, int]:
+    if not isinstance(budgets, Mapping) or not budgets:
+        raise TypeError(f"budgets: expected a non-empty dict such as {{'cuda:0': '10GiB', 'cpu': '32GiB'}}, "
+                        f"got {budgets!r}")
+    out = {}
+    for key, value in budgets.items():
+        label = _label(key)
+        if label in out:
+            raise ValueError(f"budgets: device {key!r} is given twice (as {label!r})")
+        out[label] = parse_size(value, f"budgets[{key!r}]")
+    if "disk" in out:  # a last resort, whatever the order given
+        out["disk"] = out.pop("disk")
+    return out
+
+
+def plan_device_map(model_or_config, budgets: Mapping, reserve_kv=None, dtype=None) -> DevicePlan:
+    """Place whole decoder layers on the devices of ``budgets``, in order (see the module docstring).
+
+    ``model_or_config``: a model (on ``meta`` is fine), a transformers config, a config dict or a
+    name from :mod:`tutx.configs` (built on ``meta``). ``reserve_kv``: None, total KV bytes
+    (int or ``"2GiB"``, shared evenly by the layers) or ``dict(batch=, seq_len=, dtype=)``.
+    ``dtype``: size floating weights as this dtype (``torch.bfloat16``/``"bf16"``); None keeps theirs.
+    """
+    budgets = _check_budgets(budgets)
+    dtype = _to_dtype(dtype)
+    model = _as_model(model_or_config)
+    head, layers, tail = _units(model)
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    elem = dtype.itemsize if dtype is not None else first.element_size() if first is not None else 2
+    kv = _kv_per_layer(reserve_kv, getattr(model, "config", None), len(layers), elem)
+    seen: set = set()
+    units = [("the embeddings", head, _bytes(head, seen, dtype), 0)]
+    units += [(f"decoder layer {i}", [layer], _bytes([layer], seen, dtype), kv) for i, layer in enumerate(layers)]
+    if tail:
+        units.append(("the final norm and lm_head", tail, _bytes(tail, seen, dtype), 0))
+
+    labels = list(budgets)
+    weights, kvs = dict.fromkeys(labels, 0), dict.fromkeys(labels, 0)
+    layer_idx: dict[str, list[int]] = {label: [] for label in labels}
+    placement: dict[str, str] = {}
+    d = 0
+    for u, (what, modules, w, k) in enumerate(units):
+        while weights[labels[d]] + kvs[labels[d]] + w + k > budgets[labels[d]]:
+            label, used = labels[d], weights[labels[d]] + kvs[labels[d]]
+            need = f"{_fmt(w)} of weights" + (f" + {_fmt(k)} of KV cache" if k else "")
+            have = f" next to the {_fmt(used)} already placed there" if used else ""
+            short = _short(used + w + k - budgets[label])
+            if u == 0:
+                raise ValueError(f"budgets[{label!r}]={_fmt(budgets[label])}: the first device holds "
+                                 f"{what} ({need}); short by {short}")
+            if what.startswith("decoder") and not layer_idx[label]:
+                raise ValueError(f"budgets[{label!r}]={_fmt(budgets[label])}: cannot hold a single decoder "
+                                 f"layer ({need}){have}; short by {short}. Raise it or leave the device out")
+            d += 1
+            if d == len(labels):
+                rest = sum(x[2] + x[3] for x in units[u:])
+                left = sum(x[0].startswith("decoder") for x in units[u:])
+                short = _short(used + rest - budgets[label])
+                raise ValueError(f"the model does not fit the budgets: {left} decoder layer(s)"
+                                 f"{' and the final norm and lm_head' if tail else ''} ({_fmt(rest)}) are left "
+                                 f"after filling {', '.join(labels)}; short by {short} (raise "
+                                 f"budgets[{label!r}] by that much, or add a device)")
+        label = labels[d]
+        weights[label] += w
+        kvs[label] += k
+        if what.startswith("decoder"):
+            layer_idx[label].append(u - 1)
+        placement.update((name, label) for name, _ in modules)
+    order = [n for n, _ in head] + [n for n, _ in layers] + [n for n, _ in tail]
+    placement = {n: placement[n] for n in order}
+    return DevicePlan({n: _accelerate_value(v) for n, v in placement.items()}, placement, budgets,
+                      weights, kvs, layer_idx, kv)
+
+
+# ---- dispatch: move the modules and add the hops --------------------------------------------
+def _move(obj, device: torch.device):
+    """Tensors (also inside plain tuples, lists and dicts) moved to ``device``; anything else as is."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device == device else obj.to(device)
+    if type(obj) in (tuple, list):
+        return type(obj)(_move(o, device) for o in obj)
+    if type(obj) is dict:
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+class Dispatch:
+    """What :func:`dispatch_` installed: the hooks, a count of hops, and :meth:`remove`.
+
+    ``trace`` lists the device labels of the placed modules in the order the last forward ran
+    them; ``hops`` counts the changes of device over all forwards (on ``cpu:N`` devices they are
+    the hops a real multi-GPU run would make, though no bytes move).
+    """
+
+    def __init__(self, plan: DevicePlan):
+        self.plan, self.handles, self.trace, self.hops = plan, [], [], 0
+        self._input_device = None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def __repr__(self) -> str:
+        return f"Dispatch({len(self.handles)} hooks, {self.hops} hops, last forward: {' → '.join(self.trace)})"
+
+
+def dispatch_(model: nn.Module, plan: DevicePlan) -> Dispatch:
+    """Move each module of ``plan`` to its device and hook in the device hops (in place).
+
+    Each placed module gets a forward pre-hook that moves its tensor inputs (hidden states,
+    masks, rotary cos/sin) to its own device; the whole model returns its outputs on the device
+    its inputs came from, as accelerate's ``io_same_device`` does. The KV cache of each layer
+    is created on that layer's device. Dispatching again replaces the earlier hooks.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, DevicePlan):
+        raise TypeError(f"plan: expected a DevicePlan from plan_device_map, got {type(plan).__name__}")
+    if "disk" in plan.placement.values():
+        raise ValueError("plan: puts modules on 'disk'; dispatch_ keeps every weight in memory — use "
+                         "accelerate's dispatch_model(..., offload_dir=...) for disk offload")
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("model: its weights are on the meta device; load them first (or pass "
+                         "plan.device_map to from_pretrained(device_map=...))")
+    modules = dict(model.named_modules())
+    missing = [name for name in plan.placement if name not in modules]
+    if missing:
+        raise ValueError(f"plan: made for another model; this one has no module {missing[0]!r}")
+    if getattr(model, "_tutx_dispatch", None) is not None:
+        model._tutx_dispatch.remove()
+    state = Dispatch(plan)
+    devices = {label: torch_device(label) for label in set(plan.placement.values())}
+
+    def root_pre(module, args, kwargs):
+        state.trace = []
+        first = next((t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        state._input_device = None if first is None else first.device
+
+    def root_post(module, args, kwargs, output):
+        if state._input_device is None:
+            return output
+        if isinstance(output, dict):  # a ModelOutput: move its tensors, leave the cache where it is
+            for key, value in output.items():
+                output[key] = _move(value, state._input_device)
+            return output
+        return _move(output, state._input_device)
+
+    def pre_hook(label):
+        device = devices[label]
+
+        def hook(module, args, kwargs):
+            if state.trace and state.trace[-1] != label:
+                state.hops += 1
+            state.trace.append(label)
+            return _move(args, device), _move(kwargs, device)
+        return hook
+
+    for name, label in plan.placement.items():
+        modules[name].to(devices[label])
+        state.handles.append(modules[name].register_forward_pre_hook(pre_hook(label), with_kwargs=True))
+    state.handles.append(model.register_forward_pre_hook(root_pre, with_kwargs=True))
+    state.handles.append(model.register_forward_hook(root_post, with_kwargs=True))
+    model._tutx_dispatch = state
+    model.hf_device_map = dict(plan.device_map)
+    return state
