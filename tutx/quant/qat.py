@@ -34,6 +34,7 @@ training) is plain round-to-nearest: the PTQ baseline QAT is compared with.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -45,7 +46,8 @@ from tqdm.auto import tqdm
 from tutx.quant.api import select_linears, set_submodule
 from tutx.quant.configs import GROUP_SIZES, Int4WeightOnly, Int8WeightOnly
 from tutx.quant.modules import QUANTIZED_LINEARS, Int4WeightOnlyLinear, Int8WeightOnlyLinear, _check_linear
-from tutx.quant.primitives import _broadcast, check_bits, check_float_tensor, choose_qparams, qrange, quantize, slots_view
+from tutx.quant.primitives import (_broadcast, check_bits, check_float_tensor, choose_qparams, qrange, quantize,
+                                   slots_view)
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -109,20 +111,20 @@ def _check_qat_config(config) -> None:
         raise TypeError(f"config: expected Int8WeightOnlyQAT or Int4WeightOnlyQAT, got {type(config).__name__}")
 
 
-def _storage_group(in_features: int) -> int:
+def _storage_group(in_features: int, where: str = "") -> int:
     """Largest kernel group size dividing ``in_features``: per-channel INT4 repeats its qparams over these groups."""
     for g in sorted(GROUP_SIZES, reverse=True):
         if in_features % g == 0:
             return g
     raise ValueError(f"in_features: per-channel INT4 is stored as groups of {GROUP_SIZES}; "
-                     f"{in_features} is divisible by none of them")
+                     f"{in_features}{where} is divisible by none of them")
 
 
 def _check_shape(config: QATConfig, in_features: int, fqn: str = "") -> None:
     where = f" of {fqn!r}" if fqn else ""
     if isinstance(config, Int4WeightOnlyQAT):
         if config.group_size is None:
-            _storage_group(in_features)
+            _storage_group(in_features, where)
         elif in_features % config.group_size:
             raise ValueError(f"in_features: {in_features}{where} is not divisible by group_size={config.group_size}")
 
@@ -371,42 +373,76 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
 
 
+def distillation_loss(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher || model)`` of the next-token distributions, averaged over the tokens of ``input_ids [B, T]``.
+
+    Soft targets from the float model: the quantized student is pulled back towards what the
+    model computed before quantization, not towards the one-hot next token of the training text.
+    """
+    with torch.no_grad():
+        t_out = teacher(input_ids=input_ids)
+        t_logp = F.log_softmax(getattr(t_out, "logits", t_out).float(), dim=-1).flatten(0, 1)  # [B*T, V]
+    out = model(input_ids=input_ids)
+    s_logp = F.log_softmax(getattr(out, "logits", out).float(), dim=-1).flatten(0, 1)  # [B*T, V]
+    return F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean")
+
+
+SCHEDULES = ("cosine", "constant")
+
+
 def finetune_qat(model: nn.Module, token_batches: Iterable[torch.Tensor], steps: int | None = None,
-                 lr: float = 1e-4, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                 progress: bool = True) -> list[float]:
-    """A short AdamW fine-tune of ``model`` on next-token prediction; returns the loss of every step.
+                 lr: float = 1e-4, *, teacher: nn.Module | None = None, schedule: str = "cosine",
+                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, progress: bool = True) -> list[float]:
+    """A short AdamW fine-tune of ``model``; returns the loss of every step.
 
     ``token_batches``: tensors of ``input_ids`` ``[batch, seq_len]`` (e.g. from :func:`random_windows`).
     ``steps=None`` makes one pass; a larger ``steps`` goes round a list again (an iterator is
-    used once). Generic — it trains any causal LM — but meant for a model after
-    :func:`prepare_qat_`, whose forward pass includes the rounding. Stops with a ``ValueError``
-    if the loss becomes NaN or infinite. The model's train/eval mode is restored afterwards.
+    used once). The loss is next-token cross-entropy, or with ``teacher`` (the float model) the
+    distillation loss :func:`distillation_loss` — less noisy, and aimed at recovering exactly what
+    quantization lost. ``schedule="cosine"`` decays the learning rate from ``lr`` to 0 over the
+    steps (so the last, noisiest updates are small); ``"constant"`` keeps it.
+
+    Generic — it trains any causal LM — but meant for a model after :func:`prepare_qat_`, whose
+    forward pass includes the rounding. Raises ``ValueError`` if the loss becomes NaN or
+    infinite. The model's train/eval mode is restored afterwards.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if teacher is not None and (not isinstance(teacher, nn.Module) or teacher is model):
+        raise TypeError("teacher: expected a separate nn.Module (the float model), "
+                        f"got {'the model itself' if teacher is model else type(teacher).__name__}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps: expected None or a positive int, got {steps!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
     if isinstance(token_batches, torch.Tensor):
         raise TypeError("token_batches: expected an iterable of input_ids tensors, got a single tensor; "
                         "wrap it in a list")
+    total = steps if steps is not None else (len(token_batches) if hasattr(token_batches, "__len__") else None)
+    if schedule == "cosine" and total is None:
+        raise ValueError("steps: the cosine schedule needs the number of steps; pass steps= or schedule='constant'")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: has no trainable parameters")
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
-    was_training = model.training
+    was_training, teacher_training = model.training, teacher is not None and teacher.training
     model.train()
+    if teacher is not None:
+        teacher.eval()
     try:
-        total = steps if steps is not None else (len(token_batches) if hasattr(token_batches, "__len__") else None)
         with tqdm(total=total, desc="QAT", unit="step", disable=not progress) as bar:
             for step, batch in enumerate(_batches(token_batches, steps)):
                 x = _check_batch(batch, step).to(device)  # [B, T]
-                loss = causal_lm_loss(model, x)
+                if schedule == "cosine":
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                loss = causal_lm_loss(model, x) if teacher is None else distillation_loss(model, teacher, x)
                 value = loss.item()
-                if value != value or value in (float("inf"), float("-inf")):
+                if not math.isfinite(value):
                     raise ValueError(f"loss: became {value} at step {step}; lower lr (now {lr}) or check the weights")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -414,9 +450,11 @@ def finetune_qat(model: nn.Module, token_batches: Iterable[torch.Tensor], steps:
                     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 opt.step()
                 losses.append(value)
-                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 bar.update(1)
     finally:
         model.train(was_training)
+        if teacher is not None:
+            teacher.train(teacher_training)
         opt.zero_grad(set_to_none=True)
     return losses
