@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 
-__all__ = ["ch01", "ch03", "ch04"]
+__all__ = ["ch01", "ch03", "ch04", "ch06"]
 
 
 def __getattr__(name: str):

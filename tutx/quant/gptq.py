@@ -28,13 +28,13 @@ class HessianAccumulator:
     """Running ``H = 2 X^T X / n`` over every row (token) of the inputs seen by a layer."""
 
     def __init__(self, in_features: int, device=None):
-        self.sum = torch.zeros(in_features, in_features, device=device)  # [K, K]
+        self.sum = torch.zeros(in_features, in_features, device=device, dtype=torch.float64)  # [K, K]
         self.count = 0
 
     def update(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.sum.shape[0]:
             raise ValueError(f"x: expected last dimension {self.sum.shape[0]}, got shape {tuple(x.shape)}")
-        rows = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, K]
+        rows = x.detach().reshape(-1, x.shape[-1]).double()  # [tokens, K]; float64 sums: see gptq_quantize_weight
         check_finite(rows, "calibration activations")
         self.sum += rows.T @ rows
         self.count += rows.shape[0]
@@ -47,7 +47,7 @@ class HessianAccumulator:
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``; more damping if H is near singular."""
-    eye = torch.eye(h.shape[0], device=h.device)
+    eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
     mean_diag = torch.diag(h).mean()
     for attempt in range(4):
         factor, info = torch.linalg.cholesky_ex(h + damp * 10**attempt * mean_diag * eye)
@@ -71,8 +71,10 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, group_size
         raise ValueError(f"in_features: {k} is not divisible by group_size={group_size}")
     if not 0 < damp < 1:
         raise ValueError(f"damp: expected a fraction in (0, 1), got {damp!r}")
-    w = weight.detach().float().clone()  # [N, K]
-    h = hessian.float().clone()  # [K, K]
+    # float64 throughout: GPTQ's rounding decisions amplify the last bits of the Hessian, and float32
+    # BLAS results vary with thread count and memory alignment, so float32 GPTQ is not reproducible
+    w = weight.detach().double().clone()  # [N, K]
+    h = hessian.double().clone()  # [K, K]
     dead = torch.diag(h) == 0  # inputs that were always zero: their weights cannot matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -82,10 +84,10 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, group_size
     hinv = _inverse_cholesky(h, damp)  # [K, K] upper triangular
 
     groups = k // group_size
-    scale = torch.zeros(n, groups, device=w.device)
+    scale = torch.zeros(n, groups, device=w.device, dtype=torch.float64)
     zero = torch.zeros(n, groups, dtype=torch.int32, device=w.device)
     ready = [False] * groups
-    codes = torch.zeros(n, k, device=w.device)  # in processing order
+    codes = torch.zeros(n, k, device=w.device, dtype=torch.float64)  # in processing order
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1 = w[:, i1:i2].clone()  # [N, B] this block, updated column by column
@@ -106,7 +108,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, group_size
             w1[:, i:] -= err[:, None] * hinv[i1 + i, i1 + i:i2][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the block's errors, onto every later column at once
-    return codes[:, inv_perm].to(torch.uint8), scale, zero
+    return codes[:, inv_perm].to(torch.uint8), scale.float(), zero
 
 
 class _Stop(Exception):
