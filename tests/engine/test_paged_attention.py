@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tutx.engine.paged_attention import (check_paged_metadata, gather_kv, paged_decode_attention,
-                                         paged_decode_attention_ref, prefill_attention)
+                                         paged_decode_attention_ref, paged_decode_attention_sdpa, prefill_attention)
 from tutx.kernels.decode import decode_attention_ref
 
 
@@ -56,6 +56,15 @@ def test_kernel_matches_ref_and_dense(b, hq, hkv, d, block_size, lengths, num_sp
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(ref, dense, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("b,hq,hkv,d,block_size,lengths", CASES)
+def test_sdpa_path_matches_the_reference_on_finite_pools(b, hq, hkv, d, block_size, lengths):
+    q, k_pool, v_pool, tables, lens, k_dense, v_dense = make_paged(b, hq, hkv, d, block_size, lengths)
+    v_pool = torch.nan_to_num(v_pool, nan=7.0)  # the engine's pools hold only finite (possibly stale) values
+    out = paged_decode_attention_sdpa(q, k_pool, v_pool, tables, lens, sm_scale=0.3)
+    torch.testing.assert_close(out, paged_decode_attention_ref(q, k_pool, v_pool, tables, lens, sm_scale=0.3),
+                               atol=1e-5, rtol=0)
 
 
 def test_default_splits_int64_tables_and_scale():

@@ -197,9 +197,9 @@ def test_padded_head_dims():
     assert [common.padded_head_dim(d) for d in (8, 32, 33, 64, 80, 128)] == [32, 32, 64, 64, 128, 128]
 
 
-def _load_gpu_check():
-    path = ROOT / "scripts" / "gpu_checks" / "attention.py"
-    spec = importlib.util.spec_from_file_location("gpu_check_attention", path)
+def _load_gpu_check(name="attention"):
+    path = ROOT / "scripts" / "gpu_checks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -216,9 +216,10 @@ def test_gpu_check_shapes_and_flop_convention():
     assert all(b * s == 16384 and h * d == 2048 for b, h, s, d in check.bench_shapes(64))
     from tutx.kernels.sparse_attention import sliding_window_mask
 
+    sparse = _load_gpu_check("sparse_decode")
     for s, w in [(50, 7), (10, 30), (300, 64)]:  # FLOPs of the sliding window = pairs of its mask
-        assert check.window_pairs(s, w) == int(sliding_window_mask(s, s, w).sum())
-    assert callable(check.run)
+        assert sparse.window_pairs(s, w) == int(sliding_window_mask(s, s, w).sum())
+    assert callable(check.run) and callable(sparse.run)
 
 
 # ---- on a real GPU ---------------------------------------------------------------------------

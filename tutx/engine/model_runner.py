@@ -18,7 +18,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from tutx.engine.paged_attention import (check_paged_metadata, gather_kv, paged_decode_attention,
-                                         paged_decode_attention_ref, prefill_attention)
+                                         paged_decode_attention_sdpa, prefill_attention)
 from tutx.engine.sequence import Sequence
 
 BACKENDS = ("auto", "triton", "torch")
@@ -41,10 +41,10 @@ def check_model(model) -> None:
 class ModelRunner:
     """Owns the KV pool and turns scheduled sequences into next-token logits ``[B, V]``.
 
-    ``attention_backend``: ``"torch"`` runs the PyTorch reference for decode attention,
+    ``attention_backend``: ``"torch"`` runs decode attention in PyTorch (gather the pages, one SDPA call),
     ``"triton"`` the :func:`paged_decode_attention` wrapper (the kernel on CUDA, or on CPU under
     ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16 weights and the
-    reference otherwise (the interpreter is for tests, not a speed path).
+    PyTorch path otherwise (the interpreter is for tests, not a speed path).
     """
 
     def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto"):
@@ -134,7 +134,7 @@ class ModelRunner:
                 outs.append(prefill_attention(q[start:end], ks, vs, cached, attn.scaling))  # [S_new, Hq, D]
             o = torch.cat(outs)  # [T, Hq, D]
         else:
-            attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_ref
+            attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_sdpa
             o = attend(q, k_pool, v_pool, meta["block_tables"], meta["lengths"], sm_scale=attn.scaling,
                        validate=False)  # [B, Hq, D]
         return attn.o_proj(o.reshape(t, -1))  # [T, hidden]

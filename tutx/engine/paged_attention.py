@@ -194,6 +194,24 @@ def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scal
     return decode_attention_ref(q, k, v, lengths, sm_scale)
 
 
+def paged_decode_attention_sdpa(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                                validate: bool = True) -> torch.Tensor:
+    """The engine's fast path without a GPU kernel: gather the pages, then one masked SDPA call (GQA native).
+
+    Same result as :func:`paged_decode_attention_ref` (to rounding) when every slot of the pool
+    holds finite numbers — as the engine's pools do: they start zeroed and only ever receive
+    computed keys and values. (The reference also survives NaN garbage in unused slots.)
+    """
+    _check(q, k_pool, v_pool, block_tables, lengths, None, validate)
+    pages = block_tables.long().clamp(0, k_pool.shape[0] - 1)  # padding entries read block 0, then masked
+    k = k_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
+    v = v_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
+    keep = torch.arange(k.shape[2], device=q.device)[None, :] < lengths[:, None]  # [B, M*bs]
+    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep[:, None, None, :],
+                                         scale=sm_scale, enable_gqa=True)  # [B, Hq, 1, D]
+    return out[:, :, 0]
+
+
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int,
                       scale: float) -> torch.Tensor:
     """Causal attention of one sequence's new tokens (PyTorch SDPA, GQA without copying K/V).
@@ -213,5 +231,6 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cac
     return out[0].transpose(0, 1)  # [S_new, Hq, D]
 
 
-__all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_kernel",
+__all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_sdpa",
+           "paged_decode_attention_kernel",
            "check_paged_metadata", "gather_kv", "prefill_attention"]
