@@ -34,6 +34,14 @@ def test_decode_matches_reference(b, hq, hkv, s_max, d, lengths, num_splits):
     torch.testing.assert_close(out, decode_attention_ref(q, k_cache, v_cache, lens), atol=1e-5, rtol=0)
 
 
+def test_trusted_lengths_skip_the_check_not_the_result():
+    q, k_cache, v_cache, lens = make_inputs(2, 4, 2, 40, 32, [7, 40])
+    torch.testing.assert_close(decode_attention(q, k_cache, v_cache, lens, validate_lengths=False),
+                               decode_attention(q, k_cache, v_cache, lens), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="lengths: expected values in"):
+        decode_attention(q, k_cache, v_cache, lens + 1)  # 41 > S_max: caught when validating (the default)
+
+
 def test_positions_past_the_length_are_ignored():
     q, k_cache, v_cache, lens = make_inputs(2, 2, 1, 50, 32, [20, 35])
     out = decode_attention(q, k_cache, v_cache, lens, num_splits=4)

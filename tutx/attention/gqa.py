@@ -106,8 +106,9 @@ class GQAAttention(nn.Module):
         end = cache.seq_len + q.shape[2]  # cached positions once the new ones are in
         keys, values, lengths = cache.append(self.layer_idx, k, v)  # [B, Hkv, S_max, D] x2, [B]
         if q.shape[2] == 1:  # decode: one query per sequence against its cache
-            decode = decode_attention if _kernels_take(q) else decode_attention_ref
-            return decode(q[:, :, 0], keys, values, lengths)[:, :, None]  # [B, Hq, 1, D]
+            if _kernels_take(q):  # the cache keeps its lengths in range itself: no per-layer host sync
+                return decode_attention(q[:, :, 0], keys, values, lengths, validate_lengths=False)[:, :, None]
+            return decode_attention_ref(q[:, :, 0], keys, values, lengths)[:, :, None]  # [B, Hq, 1, D]
         return _prefill(q, keys[:, :, :end], values[:, :, :end])  # causal, aligned to the end
 
     def extra_repr(self) -> str:

@@ -130,7 +130,7 @@ def default_num_splits(batch_heads: int, max_length: int, num_sms: int) -> int:
     return max(1, min(want, triton.cdiv(max_length, 256), MAX_SPLITS))
 
 
-def _check(q, k_cache, v_cache, lengths, num_splits):
+def _check(q, k_cache, v_cache, lengths, num_splits, validate_lengths: bool = True):
     check_tensor("q", q, 3, "[B, Hq, D]")
     check_tensor("k_cache", k_cache, 4, "[B, Hkv, S_max, D]")
     check_tensor("v_cache", v_cache, 4, "[B, Hkv, S_max, D]")
@@ -152,23 +152,27 @@ def _check(q, k_cache, v_cache, lengths, num_splits):
         raise ValueError(f"k_cache: expected a number of heads dividing q's {hq} (GQA/MQA), got {hkv}")
     if lengths.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"lengths: expected dtype int32 or int64, got {lengths.dtype}")
-    lo, hi = (int(x) for x in torch.aminmax(lengths))  # one host sync: out-of-range would read garbage
-    if lo < 1 or hi > s_max:
-        raise ValueError(f"lengths: expected values in [1, S_max={s_max}], got min {lo}, max {hi}")
+    if validate_lengths:
+        lo, hi = (int(x) for x in torch.aminmax(lengths))  # one host sync: out-of-range would read garbage
+        if lo < 1 or hi > s_max:
+            raise ValueError(f"lengths: expected values in [1, S_max={s_max}], got min {lo}, max {hi}")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or not 1 <= num_splits <= MAX_SPLITS):
         raise ValueError(f"num_splits: expected None or an int in [1, {MAX_SPLITS}], got {num_splits!r}")
 
 
 def decode_attention(q, k_cache, v_cache, lengths, sm_scale: float | None = None,
-                     num_splits: int | None = None) -> torch.Tensor:
+                     num_splits: int | None = None, validate_lengths: bool = True) -> torch.Tensor:
     """Attention of ``q [B, Hq, D]`` over the first ``lengths[b]`` cached keys/values: ``[B, Hq, D]``.
 
     ``num_splits`` chunks of the key axis run in parallel (None: enough to fill the GPU).
+    ``validate_lengths`` checks that every length lies in ``[1, S_max]``, which costs a
+    device-to-host synchronisation per call; a caller that keeps its own lengths (a KV cache
+    object, an engine) can pass False.
     Launches the kernels on CUDA tensors (fp16/bf16) or under the interpreter, else runs
     :func:`decode_attention_ref`. Inference only (no autograd).
     """
-    _check(q, k_cache, v_cache, lengths, num_splits)
+    _check(q, k_cache, v_cache, lengths, num_splits, validate_lengths)
     sm_scale = resolve_scale(sm_scale, q.shape[-1])
     if not use_triton(q, k_cache, v_cache, lengths):
         return decode_attention_ref(q, k_cache, v_cache, lengths, sm_scale)
