@@ -114,3 +114,18 @@ def test_chapter_page_shows_outputs_and_colab_button(built_book, browser, nb_pat
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{nb_path.stem}.png"), full_page=False)
     page.close()
+
+
+API_PACKAGES = ["tutx.quant", "tutx.attention", "tutx.engine", "tutx.parallel", "tutx.bench", "tutx.models"]
+
+
+@pytest.mark.parametrize("package", API_PACKAGES)
+def test_every_public_name_is_in_the_api_reference(built_book, package):
+    import importlib
+    import re
+
+    html = (built_book / "book" / "api.html").read_text()
+    documented = set(re.findall(r'id="(tutx\.[\w.]+)"', html))
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not any(d.endswith(f".{name}") for d in documented)]
+    assert not missing, f"{package}: public names without an entry in book/api.md: {missing}"

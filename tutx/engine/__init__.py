@@ -10,6 +10,8 @@ One concept per module:
 - :mod:`~tutx.engine.model_runner` — ``ModelRunner``: a Hugging Face Llama with our paged attention;
 - :mod:`~tutx.engine.llm_engine` — ``LLMEngine``: ``add_request`` / ``step`` / ``abort`` / ``generate``.
 
+Usage::
+
     engine = LLMEngine(*load_tiny(), EngineConfig(max_num_seqs=8))
     outs = engine.generate(["ROMEO:", "JULIET:"], SamplingParams(temperature=0, max_tokens=32))
 """

@@ -27,14 +27,14 @@ def _cdiv(a: int, b: int) -> int:
 class EngineConfig:
     """Engine sizes. ``None`` fields are derived from the model when the engine is built.
 
-    block_size: token slots per KV-cache block.
-    num_blocks: blocks in the pool (None: room for ``max_num_seqs`` sequences of ``max_model_len``).
-    max_num_seqs: most sequences running at once.
-    max_num_batched_tokens: most prompt tokens in one prefill step (None: ``max(2048, max_model_len)``;
-        must be >= ``max_model_len`` so that any prompt fits a step).
-    max_model_len: context length (None: the model's ``max_position_embeddings``).
-    enable_prefix_caching: share identical full prompt blocks between requests.
-    attention_backend: "auto", "triton" or "torch" (see :class:`ModelRunner`).
+    - ``block_size``: token slots per KV-cache block.
+    - ``num_blocks``: blocks in the pool (None: room for ``max_num_seqs`` sequences of ``max_model_len``).
+    - ``max_num_seqs``: most sequences running at once.
+    - ``max_num_batched_tokens``: most prompt tokens in one prefill step (None: ``max(2048, max_model_len)``;
+      must be >= ``max_model_len`` so that any prompt fits a step).
+    - ``max_model_len``: context length (None: the model's ``max_position_embeddings``).
+    - ``enable_prefix_caching``: share identical full prompt blocks between requests.
+    - ``attention_backend``: "auto", "triton" or "torch" (see :class:`ModelRunner`).
     """
 
     block_size: int = 16

@@ -1,4 +1,4 @@
-"""Chapter 3, quantization: primitives, observers, ``quantize_`` with its configs, and quantized modules.
+"""Chapter 3, quantization: primitives, observers, ``quantize_`` with its configs, and quantized modules::
 
     from tutx.quant import quantize_, gptq_quantize_, Int4WeightOnly
     quantize_(model, Int4WeightOnly(group_size=128))   # every nn.Linear but the LM head, in place
