@@ -15,11 +15,10 @@ the backward as 2.5x the forward (five matmuls, one of them the recomputed ``q k
 """
 from __future__ import annotations
 
-import traceback
 
 import torch
 
-from tutx.bench import timeit
+from tutx.bench import run_steps, timeit
 from tutx.kernels.attention import flash_attention, flash_attention_ref
 
 FWD_BWD_FLOP_FACTOR = 3.5  # forward (1) + backward (2.5)
@@ -121,16 +120,7 @@ def run(results: dict) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/attention.py needs a CUDA GPU")
     rows = results.setdefault("attention", [])
-    failures = []
-    for step in (lambda: rows.append(check_correctness()), lambda: bench_dense(rows)):
-        try:  # one failing step must not lose the others' rows
-            step()
-        except Exception as err:  # noqa: BLE001
-            traceback.print_exc()
-            failures.append(f"{type(err).__name__}: {err}"[:500])
-            rows.append({"op": "error", "error": failures[-1]})
-    if failures:
-        raise RuntimeError(f"{len(failures)} attention step(s) failed: {failures}")
+    run_steps(rows, (lambda: rows.append(check_correctness()), lambda: bench_dense(rows)), "attention")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ import json
 import random
 import sys
 import time
-import traceback
 
 import torch
 
-from tutx.bench import timeit
+from tutx.bench import run_steps, timeit
 from tutx.engine import EngineConfig, LLMEngine, SamplingParams, pad_batch
 from tutx.engine.paged_attention import paged_decode_attention, paged_decode_attention_ref
 from tutx.kernels.decode import decode_attention
@@ -157,16 +156,7 @@ def run(results: dict) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/engine.py needs a CUDA GPU (use --smoke for a CPU test)")
     rows = results.setdefault("engine", [])
-    failures = []
-    for step in (lambda: check_paged_decode(rows), lambda: bench_generate(rows)):
-        try:  # one failing step must not lose the other's rows
-            step()
-        except Exception as err:  # noqa: BLE001
-            traceback.print_exc()
-            failures.append(f"{type(err).__name__}: {err}"[:500])
-            rows.append({"op": "error", "error": failures[-1]})
-    if failures:
-        raise RuntimeError(f"{len(failures)} engine step(s) failed: {failures}")
+    run_steps(rows, (lambda: check_paged_decode(rows), lambda: bench_generate(rows)), "engine")
 
 
 def smoke() -> dict:

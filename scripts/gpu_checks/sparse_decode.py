@@ -9,12 +9,11 @@ write without a decode kernel) and against our PyTorch reference.
 from __future__ import annotations
 
 import importlib.util
-import traceback
 from pathlib import Path
 
 import torch
 
-from tutx.bench import timeit
+from tutx.bench import run_steps, timeit
 from tutx.kernels.decode import decode_attention, decode_attention_ref
 from tutx.kernels.sparse_attention import sliding_window_attention, sliding_window_attention_ref
 
@@ -88,14 +87,5 @@ def run(results: dict) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/sparse_decode.py needs a CUDA GPU")
     rows = results.setdefault("sparse_decode", [])
-    failures = []
     steps = [lambda: bench_sliding_window(rows)] + [lambda c=c: bench_decode(rows, case=c) for c in DECODE_CASES]
-    for step in steps:
-        try:  # one failing step must not lose the others' rows
-            step()
-        except Exception as err:  # noqa: BLE001
-            traceback.print_exc()
-            failures.append(f"{type(err).__name__}: {err}"[:500])
-            rows.append({"op": "error", "error": failures[-1]})
-    if failures:
-        raise RuntimeError(f"{len(failures)} sparse/decode step(s) failed: {failures}")
+    run_steps(rows, steps, "sparse/decode")

@@ -32,3 +32,18 @@ def test_the_repository_results_name_a_device():
     for path in result_files():
         env = json.loads(path.read_text())["environment"]
         assert env["device"] and env["date"] and "torch" in env
+
+
+def test_run_steps_keeps_going_and_reports_every_failure():
+    from tutx.bench import run_steps
+
+    rows, done = [], []
+
+    def bad():
+        raise ValueError("boom")
+
+    with pytest.raises(RuntimeError, match=r"2 demo step\(s\) failed: \['ValueError: boom', 'ValueError: boom'\]"):
+        run_steps(rows, [bad, lambda: done.append(1), bad], "demo")
+    assert done == [1] and [r["op"] for r in rows] == ["error", "error"]
+    run_steps(rows, [lambda: done.append(2)], "demo")  # no failure: no exception
+    assert done == [1, 2]

@@ -223,11 +223,8 @@ def test_pad_batch_bad_input(args, error, match):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is many times faster than two on a shared CPU
-    yield load_tiny()
-    torch.set_num_threads(n)
+def tiny(one_thread):
+    return load_tiny()
 
 
 PROMPTS = ["ROMEO: what say you, my lord?", "JULIET:", "To be or", "KING HENRY: Once more unto the breach, dear"]

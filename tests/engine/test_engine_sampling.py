@@ -7,12 +7,7 @@ from tutx.engine.sampling import Sampler, filter_logits
 from tutx.models import heldout_text, load_tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

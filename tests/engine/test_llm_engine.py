@@ -11,13 +11,7 @@ LENGTHS = [5, 17, 33, 64, 100, 9, 48, 130]  # prompt lengths in tokens
 MAX_TOKENS = [12, 30, 7, 25, 40, 3, 18, 33]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is several times faster than two on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

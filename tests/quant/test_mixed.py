@@ -24,12 +24,8 @@ from tutx.quant.mixed import quantized_layer
 
 
 @pytest.fixture(autouse=True)
-def fast_cpu(monkeypatch):
+def fast_cpu(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # quantized modules run the PyTorch reference
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread avoids OpenMP stalls on a shared CPU
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_llama(seed=0):

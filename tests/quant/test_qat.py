@@ -30,12 +30,8 @@ CONFIGS = {"int8": Int8WeightOnlyQAT(), "int4-g32": Int4WeightOnlyQAT(32), "int4
 
 
 @pytest.fixture(autouse=True)
-def fast_cpu(monkeypatch):
+def fast_cpu(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # converted modules run the PyTorch reference: fast
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matmuls on a CPU shared with other jobs: OpenMP stalls 10x with 2 threads
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_llama(seed=0, hidden=64):

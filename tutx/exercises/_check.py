@@ -33,7 +33,7 @@ def run_cases(
     Numbers match within ``rel_tol`` (relative) or ``abs_tol``; anything else must be equal.
     Prints ``✅ name: all N cases passed``, or raises ``AssertionError`` for
     the first failure. A function that is still the exercise's stub (its body is ``...``, so it
-    returns None, or it raises ``NotImplementedError``) is not a failure: the check says
+    returns None — or ``return ...`` — or it raises ``NotImplementedError``) is not a failure: the check says
     "not solved yet", so a notebook runs top to bottom before you start.
     """
     check_fn(fn, name)
@@ -53,6 +53,7 @@ def run_cases(
                 f"{name}: case {k}/{len(cases)} {_call(args)} raised {type(exc).__name__}: {exc}; "
                 f"expected {expected!r}"
             ) from exc
+        got = None if got is Ellipsis else got  # a body of `return ...` is a stub too
         if got is None and expected is not None and k == 1:
             print(f"✏️ {name}: not solved yet ({_call(args)} returned None). "
                   "Write the body of your function and run this cell again.")
@@ -109,6 +110,7 @@ def run_tensor_cases(
             got = None
         except Exception as exc:
             raise AssertionError(f"{name}: case {k}/{len(cases)} {call} raised {type(exc).__name__}: {exc}") from exc
+        got = None if got is Ellipsis else got  # a body of `return ...` is a stub too
         if got is None and k == 1:
             print(f"✏️ {name}: not solved yet ({call} returned None). "
                   "Write the body of your function and run this cell again.")

@@ -8,21 +8,10 @@ stub that still returns ``None`` (or ``...``) prints "not solved yet".
 """
 from __future__ import annotations
 
-import functools
-
 from tutx.exercises._check import check_fn, run_cases
 
 __all__ = ["check_can_allocate", "check_schedule_rule", "check_static_batch_waste",
            "can_allocate", "schedule_rule", "static_batch_waste"]
-
-
-def _stub_is_none(fn):
-    """A body of ``return ...`` counts as unsolved, like an empty body (which returns None)."""
-    @functools.wraps(fn)
-    def wrapped(*args):
-        out = fn(*args)
-        return None if out is Ellipsis else out
-    return wrapped
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -58,7 +47,7 @@ def check_can_allocate(fn) -> None:
         (250, 16, 3, 13),  # 16 blocks in all, 13 held, 3 free
     ]
     check_fn(fn, "check_can_allocate")
-    run_cases("check_can_allocate", _stub_is_none(fn), can_allocate, cases)
+    run_cases("check_can_allocate", fn, can_allocate, cases)
 
 
 # ---- 2. which waiting sequences does a prefill step admit? ------------------------------------
@@ -101,7 +90,7 @@ def check_schedule_rule(fn) -> None:
         ([], 0, 4, 100, 16, 4),  # nothing waiting
     ]
     check_fn(fn, "check_schedule_rule")
-    run_cases("check_schedule_rule", _stub_is_none(fn), schedule_rule, cases)
+    run_cases("check_schedule_rule", fn, schedule_rule, cases)
 
 
 # ---- 3. how much of a static batch is waste? --------------------------------------------------
@@ -134,4 +123,4 @@ def check_static_batch_waste(fn) -> None:
         ([50, 60, 70], [10, 20, 30], 1),  # batch size 1 is sequential: no waste
     ]
     check_fn(fn, "check_static_batch_waste")
-    run_cases("check_static_batch_waste", _stub_is_none(fn), static_batch_waste, cases, rel_tol=1e-9)
+    run_cases("check_static_batch_waste", fn, static_batch_waste, cases, rel_tol=1e-9)
