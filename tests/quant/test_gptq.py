@@ -1,11 +1,11 @@
 """GPTQ: the algorithm on one layer, and gptq_quantize_ on a small random Llama against round-to-nearest."""
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from tutx.quant import Int4WeightOnly, Int4WeightOnlyLinear, Int8WeightOnly, quantize_
 from tutx.quant.gptq import HessianAccumulator, _call_groups, gptq_quantize_, gptq_quantize_weight
+from _tiny import tiny_llama
 
 
 @pytest.fixture(autouse=True)
@@ -66,13 +66,6 @@ def test_dead_inputs_get_zero_weights():
     deq = (codes[:, 5].float() - zero[:, 0].float()) * scale[:, 0]
     assert torch.equal(deq, torch.zeros(8))
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _tokens(n, seed):

@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from tutx.quant import (
@@ -21,19 +20,13 @@ from tutx.quant import (
     upgrade_path,
 )
 from tutx.quant.mixed import quantized_layer
+from _tiny import tiny_llama
 
 
 @pytest.fixture(autouse=True)
 def fast_cpu(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # quantized modules run the PyTorch reference
 
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _ids(seed=1):

@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from tutx.quant import (
@@ -25,6 +24,7 @@ from tutx.quant import (
     unprepare_qat_,
 )
 from tutx.quant.qat import causal_lm_loss
+from _tiny import tiny_llama
 
 CONFIGS = {"int8": Int8WeightOnlyQAT(), "int4-g32": Int4WeightOnlyQAT(32), "int4-channel": Int4WeightOnlyQAT(None)}
 
@@ -33,13 +33,6 @@ CONFIGS = {"int8": Int8WeightOnlyQAT(), "int4-g32": Int4WeightOnlyQAT(32), "int4
 def fast_cpu(monkeypatch, one_thread):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # converted modules run the PyTorch reference: fast
 
-
-def tiny_llama(seed=0, hidden=64):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=True)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _ids(seed=1, shape=(4, 16)):

@@ -20,6 +20,7 @@ from tutx.quant import (
     save_quantized,
 )
 from tutx.quant.modules import QUANTIZED_LINEARS
+from _tiny import tiny_llama
 
 CONFIGS = {"int8": Int8WeightOnly(), "int4": Int4WeightOnly(group_size=32), "w8a8": Int8DynamicActivationInt8Weight()}
 LOGIT_TOL = {"int8": 0.01, "int4": 0.1, "w8a8": 0.03}  # relative L2 error of the logits
@@ -29,13 +30,6 @@ LOGIT_TOL = {"int8": 0.01, "int4": 0.1, "w8a8": 0.03}  # relative L2 error of th
 def reference_path(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
 
-
-def tiny_llama(seed=0, tie=True, hidden=64):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=tie)
-    return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _ids(seed=1):

@@ -16,6 +16,17 @@ def check_fn(fn, name: str) -> None:
         raise TypeError(f"{name}(fn): expected a function, got {type(fn).__name__} {fn!r}")
 
 
+def _attempt(fn, args, where: str):
+    """The learner's ``fn(*args)``; None for a stub (``...`` body, ``return ...``, NotImplementedError)."""
+    try:
+        got = fn(*args)
+    except NotImplementedError:
+        return None
+    except Exception as exc:
+        raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    return None if got is Ellipsis else got
+
+
 def _call(args) -> str:
     return "fn(" + ", ".join(repr(a) for a in args) + ")"
 
@@ -44,16 +55,7 @@ def run_cases(
         raise ValueError(f"cases={cases!r}: expected at least one case")
     for k, args in enumerate(cases, start=1):
         expected = reference(*args)
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            got = None
-        except Exception as exc:
-            raise AssertionError(
-                f"{name}: case {k}/{len(cases)} {_call(args)} raised {type(exc).__name__}: {exc}; "
-                f"expected {expected!r}"
-            ) from exc
-        got = None if got is Ellipsis else got  # a body of `return ...` is a stub too
+        got = _attempt(fn, args, f"{name}: case {k}/{len(cases)} {_call(args)} (expected {expected!r})")
         if got is None and expected is not None and k == 1:
             print(f"✏️ {name}: not solved yet ({_call(args)} returned None). "
                   "Write the body of your function and run this cell again.")
@@ -104,13 +106,7 @@ def run_tensor_cases(
     for k, args in enumerate(cases, start=1):
         call = "fn(" + ", ".join(_describe(a) for a in args) + ")"
         expected = reference(*args)
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            got = None
-        except Exception as exc:
-            raise AssertionError(f"{name}: case {k}/{len(cases)} {call} raised {type(exc).__name__}: {exc}") from exc
-        got = None if got is Ellipsis else got  # a body of `return ...` is a stub too
+        got = _attempt(fn, args, f"{name}: case {k}/{len(cases)} {call}")
         if got is None and k == 1:
             print(f"✏️ {name}: not solved yet ({call} returned None). "
                   "Write the body of your function and run this cell again.")
