@@ -108,7 +108,7 @@ def decode_attention_kernel(Q, K, V, LENGTHS, O_PART, LSE_PART, qk_scale,
 
 
 @triton.jit
-def _decode_merge_kernel(O_PART, LSE_PART, O, NUM_SPLITS, D,
+def decode_merge_kernel(O_PART, LSE_PART, O, NUM_SPLITS, D,
                          SPLITS_P2: tl.constexpr, BLOCK_D: tl.constexpr):
     """Merge the partials of one (sequence, head): weights exp2(lse_s - max lse); grid ``(B*Hq,)``."""
     pid_bh = tl.program_id(0).to(tl.int64)
@@ -193,9 +193,9 @@ def decode_attention(q, k_cache, v_cache, lengths, sm_scale: float | None = None
         hkv, group, num_splits, d, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=_BLOCK_N,
         BLOCK_D=block_d, DOT_F32=interpreter_enabled() or q.dtype == torch.float32)
     o = torch.empty((batch, hq, d), device=q.device, dtype=q.dtype)  # [B, Hq, D]
-    _decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
-                                        SPLITS_P2=max(2, triton.next_power_of_2(num_splits)),
-                                        BLOCK_D=block_d)
+    decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
+                                       SPLITS_P2=max(2, triton.next_power_of_2(num_splits)),
+                                       BLOCK_D=block_d)
     return o
 
 
@@ -212,4 +212,9 @@ def decode_attention_ref(q, k_cache, v_cache, lengths, sm_scale: float | None = 
     return torch.einsum("bhs,bhsd->bhd", torch.softmax(scores, dim=-1), v).to(q.dtype)  # [B, Hq, D]
 
 
-__all__ = ["decode_attention", "decode_attention_ref", "decode_attention_kernel", "default_num_splits"]
+# Transitional: tutx/engine/paged_attention.py still imports the old name until it moves to
+# tutx/kernels/paged_decode.py with the public one.
+_decode_merge_kernel = decode_merge_kernel
+
+__all__ = ["decode_attention", "decode_attention_ref", "decode_attention_kernel", "decode_merge_kernel",
+           "default_num_splits"]
