@@ -8,9 +8,9 @@
 from tutx.models.encoder import load_minilm, sentence_embeddings
 from tutx.models.kv import kv_cache_nbytes
 from tutx.models.loading import load
-from tutx.models.perplexity import perplexity
+from tutx.models.perplexity import HELDOUT_CHARS, HELDOUT_WINDOW, heldout_perplexity, perplexity
 from tutx.models.tiny import (SPECIAL_TOKEN, TINY_DIR, heldout_text, load_tiny, load_tiny_tokenizer,
                               tiny_config)
 
-__all__ = ["load", "load_tiny", "load_tiny_tokenizer", "tiny_config", "heldout_text", "perplexity",
+__all__ = ["load", "load_tiny", "load_tiny_tokenizer", "tiny_config", "heldout_text", "perplexity", "heldout_perplexity", "HELDOUT_CHARS", "HELDOUT_WINDOW",
            "kv_cache_nbytes", "TINY_DIR", "SPECIAL_TOKEN", "load_minilm", "sentence_embeddings"]

@@ -6,6 +6,10 @@ A causal LM sees at most ``window`` tokens, so a long text is scored in overlapp
 so every token after the first is scored exactly once, with up to ``window - stride``
 tokens of context. Smaller strides give more context per token (a lower, fairer
 perplexity) at more compute; ``stride == window`` scores non-overlapping chunks.
+
+The course compares models under ONE protocol, :func:`heldout_perplexity`: the first
+``HELDOUT_CHARS`` characters of the held-out plays, non-overlapping windows of ``HELDOUT_WINDOW``
+tokens. Every chapter that ranks models uses it, so its numbers can be compared across chapters.
 """
 from __future__ import annotations
 
@@ -104,3 +108,19 @@ def perplexity(model, tokenizer, text: str, window: int | None = None, stride: i
     finally:
         model.train(was_training)
     return math.exp(nll / count)
+
+
+HELDOUT_CHARS = 40_000  # the first 40k characters of Macbeth + Twelfth Night (about 14k tokens)
+HELDOUT_WINDOW = 256    # non-overlapping windows (stride == window): fast, and the same everywhere
+
+
+def heldout_perplexity(model, tokenizer, text: str | None = None) -> float:
+    """The course's one perplexity protocol (see the module docstring).
+
+    ``text`` defaults to the first ``HELDOUT_CHARS`` characters of ``tutx.models.heldout_text()``;
+    windows of ``HELDOUT_WINDOW`` tokens with stride ``HELDOUT_WINDOW``.
+    """
+    if text is None:
+        from tutx.models.tiny import heldout_text
+        text = heldout_text()[:HELDOUT_CHARS]
+    return perplexity(model, tokenizer, text, window=HELDOUT_WINDOW, stride=HELDOUT_WINDOW)
