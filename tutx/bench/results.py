@@ -1,9 +1,12 @@
-"""Read the measured-results files in ``book/results/`` (written by ``scripts/gpu_check.py``).
+"""Read the measured-results files in ``tutx/results/`` (written by ``scripts/gpu_check.py``).
 
 Each run writes one JSON file with an ``environment`` (device, versions, date, command) and one
 key per area (``attention``, ``sparse_decode``, ``quant_matmul``, …). Areas can come from
 different runs: :func:`latest` returns, for one area, the rows of the newest file that has it,
 with that file's environment, so a notebook can name the GPU and date next to every table.
+
+The files live inside the package (``RESULTS_DIR``) and ship with it as package data, so a
+non-editable install (Colab's ``pip install git+...``) reads the same tables as a clone.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "book" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # tutx/results/, shipped as package data
 
 
 @dataclass
