@@ -138,3 +138,54 @@ def test_a_wheel_installed_into_a_fresh_venv_finds_every_results_area(tmp_path):
                cwd=outside, env=env)
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(found) == areas and all(found.values())
+
+
+# --- import tutx is cheap -----------------------------------------------------------------------
+
+_IMPORT_TIME = r"""
+import json, sys, time
+t0 = time.perf_counter(); import torch
+t1 = time.perf_counter(); import tutx
+t2 = time.perf_counter(); import tutx.models, tutx.bench, tutx.device, tutx.hardware
+t3 = time.perf_counter()
+print(json.dumps({"tutx": t2 - t1, "tutx_common": t3 - t2, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_import_tutx_adds_little_to_import_torch():
+    """``import tutx`` (and the modules every chapter uses) must not import transformers (seconds)."""
+    runs = []
+    for _ in range(5):  # fresh processes: a warm import would measure nothing
+        out = subprocess.run([sys.executable, "-c", _IMPORT_TIME], check=True, capture_output=True, text=True,
+                             timeout=120, cwd=ROOT).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    assert not any(r["transformers"] for r in runs), "import tutx / tutx.models / tutx.bench imported transformers"
+    added = sorted(r["tutx"] for r in runs)[2]
+    common = sorted(r["tutx_common"] for r in runs)[2]
+    assert added < 1.5, f"import tutx added {added:.2f} s to import torch (median of 5)"
+    assert common < 1.5, f"import tutx.models, tutx.bench, ... added {common:.2f} s (median of 5)"
+
+
+def test_submodules_load_on_first_use():
+    import tutx
+
+    assert {"models", "bench", "quant", "kernels", "exercises", "engine"} <= set(tutx.__all__)
+    assert {"models", "quant"} <= set(dir(tutx))
+    import tutx.models
+    import tutx.show  # noqa: F401  (must not replace the function by its module)
+
+    assert tutx.models.heldout_perplexity.__module__ == "tutx.models.perplexity"
+    assert callable(tutx.show) and tutx.show.__name__ == "show"
+    import tutx.models.perplexity  # noqa: F401
+
+    assert callable(tutx.models.perplexity) and tutx.models.perplexity.__name__ == "perplexity"
+    assert set(tutx.models.__all__) <= set(dir(tutx.models))
+    for name in tutx.models.__all__:
+        getattr(tutx.models, name)
+    for bad in ("nonsense", "_private", "results"):
+        try:
+            getattr(tutx, bad)
+        except AttributeError as err:
+            assert bad in str(err)
+        else:
+            raise AssertionError(f"tutx.{bad} should not exist")

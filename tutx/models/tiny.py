@@ -8,12 +8,16 @@ It was trained by ``scripts/train_tiny_lm.py``; its model card is ``tiny/README.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
+
+from tutx._validate import check_int
+from tutx.models.hf import check_device_dtype, no_progress_bar
+
+if TYPE_CHECKING:  # transformers is imported on first use: it takes seconds
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 """Folder holding the tiny model: config, fp32 weights, tokenizer, model card, held-out text."""
@@ -28,12 +32,10 @@ def tiny_config(vocab_size: int = 4096, eos_token_id: int = 0) -> LlamaConfig:
     Sized to fit an fp32 ``model.safetensors`` of at most 18 MB: hidden 256, 5 layers,
     8 query heads sharing 2 key/value heads (GQA, a 4x smaller KV cache), SwiGLU 640.
     """
-    for name, value in (("vocab_size", vocab_size), ("eos_token_id", eos_token_id)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name}: expected an int, got {value!r}")
-    if vocab_size <= 0 or not 0 <= eos_token_id < vocab_size:
-        raise ValueError(f"vocab_size={vocab_size}, eos_token_id={eos_token_id}: expected "
-                         "vocab_size > 0 and 0 <= eos_token_id < vocab_size")
+    from transformers import LlamaConfig
+
+    check_int("vocab_size", vocab_size, minimum=1)
+    check_int("eos_token_id", eos_token_id, minimum=0, maximum=vocab_size - 1)
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=256,
@@ -52,30 +54,10 @@ def tiny_config(vocab_size: int = 4096, eos_token_id: int = 0) -> LlamaConfig:
     )
 
 
-def _check_device_dtype(device, dtype) -> None:
-    if device is not None and not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device: expected None, a str such as 'cpu' or a torch.device, got {device!r}")
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype: expected a torch.dtype such as torch.float32, got {dtype!r}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype: expected a floating-point dtype, got {dtype}")
-
-
-@contextmanager
-def _no_progress_bar():
-    """Hide transformers' "Loading weights" bar: 47 tensors load in milliseconds."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    if enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def load_tiny_tokenizer(path: str | Path = TINY_DIR) -> PreTrainedTokenizerFast:
     """The tiny model's byte-level BPE tokenizer, with ``<|endoftext|>`` as bos/eos/pad."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer_file = Path(path) / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"path: no tokenizer.json in {path}")
@@ -96,8 +78,10 @@ def load_tiny(
     ``tutx.device.get()`` to use a GPU when there is one. The weights are stored in fp32
     (later chapters quantize from them); ``dtype`` casts them after loading.
     """
-    _check_device_dtype(device, dtype)
-    with _no_progress_bar():
+    from transformers import LlamaForCausalLM
+
+    check_device_dtype(device, dtype)
+    with no_progress_bar():
         model = LlamaForCausalLM.from_pretrained(TINY_DIR, local_files_only=True, dtype=dtype)
     if device is not None:
         model.to(device)
