@@ -27,3 +27,13 @@ def test_name_and_describe():
     info = tutx.device.describe()
     assert info["torch"] == torch.__version__
     assert set(info) >= {"device", "torch", "transformers", "python", "cuda", "triton"}
+
+
+def test_kernel_dtype_follows_the_gpu_generation(monkeypatch):
+    assert tutx.device.kernel_dtype("cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None, c=capability: c)
+        assert tutx.device.kernel_dtype("cuda") == dtype, capability
+    with pytest.raises(TypeError, match="prefer"):
+        tutx.device.kernel_dtype(3)

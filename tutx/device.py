@@ -60,3 +60,16 @@ def describe() -> dict:
     except ImportError:
         info["triton"] = None
     return info
+
+
+def kernel_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype to build kernel inputs in on ``device`` (default: :func:`get`).
+
+    bfloat16 on GPUs with bf16 tensor cores (compute capability >= 8.0: L4, A100, H100),
+    float16 on older GPUs (Colab's T4, sm_75: the attention kernels refuse bf16 there), and
+    float32 on a CPU, where the kernels' references run in fp32.
+    """
+    dev = get() if device is None else get(device)
+    if dev.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(dev) >= (8, 0) else torch.float16

