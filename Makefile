@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install book test unit nbval lab chromium clean help tiny-lm notebooks
+.PHONY: install mathjax book test unit nbval lab chromium clean help tiny-lm notebooks
 
 help:
 	@echo "make book  - build the book into _build/html"
@@ -28,7 +28,25 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-book: $(STAMP)
+# MathJax 3 from the npm registry, copied where _config.yml's html_static_path looks, so the
+# built book renders its math without a network (the default loads it from a CDN at read time).
+MATHJAX_VERSION := 3.2.2
+MATHJAX := _build/mathjax/mathjax/tex-mml-svg.js
+
+$(MATHJAX):
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "Installing Debian npm to fetch MathJax..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; }
+	rm -rf _build/.mathjax-npm _build/mathjax
+	npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix _build/.mathjax-npm mathjax@$(MATHJAX_VERSION)
+	mkdir -p _build/mathjax
+	cp -r _build/.mathjax-npm/node_modules/mathjax/es5 _build/mathjax/mathjax
+	rm -rf _build/.mathjax-npm
+
+mathjax: $(MATHJAX)
+
+book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo
 	@echo "The book is built. Open it with:  $(PYTHON) -m webbrowser file://$(CURDIR)/_build/html/index.html"

@@ -2,7 +2,10 @@
 
 Checks what a reader would notice: every page of the toc exists and loads, internal links lead
 somewhere, each chapter shows its outputs (rendered figures where the notebook has them), and the
-Colab launch button opens the right notebook. Saves a screenshot of Chapter 1.
+Colab launch button opens the right notebook. On every chapter page the Markdown tables the
+notebooks print are real HTML tables and, with the network cut off, MathJax (served from the book,
+see `make mathjax`) has typeset every formula. Screenshots of each chapter page (its top, its first
+table and its first formula) go to _build/screenshots/.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def built_book() -> Path:
+    # MathJax is copied into the book from the npm registry by the Makefile (once, then cached).
+    mathjax = subprocess.run(["make", "-C", str(ROOT), "mathjax"], capture_output=True, text=True, timeout=600)
+    assert mathjax.returncode == 0, f"make mathjax failed:\n{mathjax.stdout[-2000:]}\n{mathjax.stderr[-2000:]}"
     jb = Path(sys.executable).parent / "jupyter-book"
     proc = subprocess.run(
         [str(jb), "build", str(ROOT), "--warningiserror", "--keep-going"],
@@ -113,6 +119,66 @@ def test_chapter_page_shows_outputs_and_colab_button(built_book, browser, nb_pat
     assert page.locator(".solution.dropdown, details.solution, .solution.toggle").count() > 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{nb_path.stem}.png"), full_page=False)
+    page.close()
+
+
+def _markdown_tables(nb: dict) -> int:
+    """Markdown outputs of the notebook that hold a table (a header rule such as ``|---|``)."""
+    return sum(
+        1
+        for c in nb["cells"] if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if "|---" in "".join(o.get("data", {}).get("text/markdown", "")).replace(" ", "").replace(":", "")
+    )
+
+
+def _offline_page(browser):
+    """A page that may load only the book's own files: anything else is aborted, as offline."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    return page
+
+
+# The rendered text of the page without code (which may quote LaTeX on purpose) and without
+# MathJax's own output.
+_PROSE_TEXT = """() => {
+  const main = document.querySelector('main').cloneNode(true);
+  main.querySelectorAll('pre, code, script, style, mjx-container, mjx-assistive-mml').forEach(e => e.remove());
+  return main.textContent;
+}"""
+
+
+@pytest.mark.parametrize("nb_path", notebooks(), ids=lambda p: p.name)
+def test_chapter_tables_are_tables_and_math_is_typeset_offline(built_book, browser, nb_path):
+    nb = load_notebook(nb_path)
+    doc = nb_path.relative_to(ROOT).with_suffix("").as_posix()
+    page = _offline_page(browser)
+    page.goto(_page_path(doc).as_uri())
+    # Markdown table outputs: rendered as <table>, never as a paragraph of pipes.
+    want = _markdown_tables(nb)
+    shown = page.locator(".cell_output table").count()
+    assert shown >= want, f"{doc}: {want} Markdown table outputs in the notebook, {shown} HTML tables on the page"
+    pipes = page.eval_on_selector_all(
+        ".cell_output p", "els => els.map(e => e.textContent.trim()).filter(t => t.startsWith('|'))"
+    )
+    assert not pipes, f"{doc}: Markdown tables shown as text: {pipes[0][:120]!r}"
+    # Math: MathJax is loaded from the book itself and typesets every formula.
+    formulas = page.locator(".math").count()
+    if formulas:
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+        page.evaluate("() => MathJax.startup.promise")
+        typeset = page.locator(".math mjx-container").count()
+        assert typeset >= formulas, f"{doc}: {formulas - typeset} of {formulas} formulas left untypeset"
+    text = page.evaluate(_PROSE_TEXT)
+    for raw in ("\\(", "\\[", "$$"):
+        at = text.find(raw)
+        assert at < 0, f"{doc}: raw LaTeX {raw!r} left in the rendered text: {text[max(0, at - 60):at + 60]!r}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if want:
+        page.locator(".cell_output table").first.screenshot(path=str(SHOTS / f"{nb_path.stem}-table.png"))
+    if formulas:
+        page.locator("mjx-container").first.evaluate("e => e.scrollIntoView({block: 'center'})")
+        page.screenshot(path=str(SHOTS / f"{nb_path.stem}-math.png"))
     page.close()
 
 
