@@ -29,7 +29,7 @@ import torch
 
 from tutx.bench import run_steps, timeit
 from tutx.engine import EngineConfig, LLMEngine, SamplingParams, pad_batch
-from tutx.engine.paged_attention import paged_decode_attention, paged_decode_attention_ref
+from tutx.kernels.paged_decode import paged_decode_attention, paged_decode_attention_ref
 from tutx.kernels.decode import decode_attention
 from tutx.models import heldout_text, load_tiny
 

@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from tutx.engine.batcher import BatcherStats, DynamicBatcher, QueueFull, greedy_generate, pad_batch
+from tutx.engine.batcher import BatcherStats, DynamicBatcher, QueueFull
+from tutx.engine.static_batching import greedy_generate
 from tutx.models import load_tiny
 
 
@@ -184,11 +185,11 @@ def test_life_cycle():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(fn=42), TypeError, "fn: expected a callable"),
-    (dict(max_batch_size=0), ValueError, "max_batch_size=0"),
-    (dict(max_batch_size=2.0), ValueError, "max_batch_size=2.0"),
-    (dict(max_wait_ms=-1), ValueError, "max_wait_ms=-1"),
-    (dict(max_wait_ms=float("inf")), ValueError, "max_wait_ms=inf"),
-    (dict(max_queue=0), ValueError, "max_queue=0"),
+    (dict(max_batch_size=0), ValueError, "max_batch_size: expected an int >= 1, got 0"),
+    (dict(max_batch_size=2.0), TypeError, "max_batch_size: expected an int, got 2.0"),
+    (dict(max_wait_ms=-1), ValueError, "max_wait_ms: expected a number >= 0, got -1"),
+    (dict(max_wait_ms=float("inf")), ValueError, "max_wait_ms: expected a finite number, got inf"),
+    (dict(max_queue=0), ValueError, "max_queue: expected an int >= 1, got 0"),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -197,29 +198,6 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_stats_empty():
     assert BatcherStats().mean_batch_size == 0.0
-
-
-# ---- decoder prompts ----------------------------------------------------------------------------
-def test_pad_batch_left_and_right():
-    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert ids.dtype == mask.dtype == torch.long
-    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=1, side="right")
-    assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
-
-
-@pytest.mark.parametrize("args, error, match", [
-    (([[1]], 0, "middle"), ValueError, "side='middle'"),
-    (([[1]], -1), ValueError, "pad_id=-1"),
-    (([], 0), TypeError, "sequences: expected a non-empty list"),
-    (("abc", 0), TypeError, "sequences"),
-    (([[1], []], 0), ValueError, r"sequences\[1\]=\[\]"),
-    (([[1, -2]], 0), ValueError, r"sequences\[0\]"),
-    (([[1.0]], 0), ValueError, r"sequences\[0\]"),
-])
-def test_pad_batch_bad_input(args, error, match):
-    with pytest.raises(error, match=match):
-        pad_batch(*args)
 
 
 @pytest.fixture(scope="module")
@@ -235,27 +213,6 @@ def alone(model, prompt, max_new_tokens):
     ids = torch.tensor([prompt])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
     return out[0, len(prompt):].tolist()
-
-
-def test_greedy_generate_matches_each_prompt_alone(tiny):
-    model, tokenizer = tiny
-    prompts = [tokenizer.encode(p) for p in PROMPTS]
-    assert len({len(p) for p in prompts}) == len(prompts)  # different lengths: real padding
-    outputs = greedy_generate(model, prompts, max_new_tokens=10, pad_id=tokenizer.pad_token_id,
-                              eos_id=tokenizer.eos_token_id)
-    assert outputs == [alone(model, p, 10) for p in prompts]
-    with pytest.raises(ValueError, match="max_new_tokens=0"):
-        greedy_generate(model, prompts, max_new_tokens=0)
-
-
-def test_greedy_generate_stops_a_sequence_at_eos(tiny):
-    model, tokenizer = tiny
-    prompts = [tokenizer.encode(p) for p in PROMPTS[:2]]
-    free = greedy_generate(model, prompts, max_new_tokens=6, pad_id=0)
-    eos = free[0][2]  # pretend the third token of the first completion ends it
-    stopped = greedy_generate(model, prompts, max_new_tokens=6, pad_id=0, eos_id=eos)
-    assert stopped[0] == free[0][:free[0].index(eos) + 1]
-    assert stopped[1] == (free[1][:free[1].index(eos) + 1] if eos in free[1] else free[1])
 
 
 def test_batcher_serves_the_tiny_lm(tiny):

@@ -83,17 +83,40 @@ def test_abort_frees_blocks_from_either_queue():
         sched.abort(a)
 
 
-def test_bad_arguments():
-    with pytest.raises(TypeError, match="block_manager"):
-        Scheduler(None, 1, 1)
-    with pytest.raises(ValueError, match="max_num_seqs"):
-        Scheduler(BlockManager(2, 2), 0, 4)
-    with pytest.raises(ValueError, match="max_num_batched_tokens"):
-        Scheduler(BlockManager(2, 2), 1, True)
+def test_postprocess_appends_ends_and_frees():
+    """eos, a stop token, max_tokens and the context end a sequence; its blocks go back at once."""
+    from tutx.engine.sampling import SamplingParams
+    sched = Scheduler(BlockManager(16, 4), 8, 64, max_model_len=8, eos_token_ids={2})
+    seqs = [Sequence([5, 6], SamplingParams(max_tokens=4)), Sequence([5, 6], SamplingParams(max_tokens=4)),
+            Sequence([5, 6], SamplingParams(max_tokens=4, stop_token_ids=[9])),
+            Sequence([5, 6], SamplingParams(max_tokens=1)), Sequence([5, 6, 7, 8, 9, 10, 11], SamplingParams()),
+            Sequence([5, 6], SamplingParams(max_tokens=4, ignore_eos=True))]
+    for s in seqs:
+        sched.add(s)
+    ran, is_prefill = sched.schedule()
+    assert is_prefill and ran == seqs
+    sched.postprocess(ran, [2, 3, 9, 3, 3, 2])
+    assert [s.finish_reason for s in seqs] == ["stop", None, "stop", "length", "length", None]
+    assert seqs[0].stop_reason is None and seqs[2].stop_reason == 9  # eos vs a stop token
+    assert [s.num_completion_tokens for s in seqs] == [1] * 6
+    assert list(sched.running) == [seqs[1], seqs[5]]
+    assert all(not s.block_table for s in seqs if s.is_finished)
+    assert sched.block_manager.num_free_blocks == 16 - 2
+
+
+def test_prompt_scoring_request_ends_after_prefill_without_a_token():
+    from tutx.engine.sampling import SamplingParams
+    sched = make()
+    s = Sequence([5, 6, 7], SamplingParams(max_tokens=0, prompt_logprobs=1))
+    sched.add(s)
+    ran, _ = sched.schedule()
+    sched.postprocess(ran, [4])
+    assert s.finish_reason == "length" and s.num_completion_tokens == 0 and not sched.has_unfinished()
+
+
+def test_repr():
     sched = make()
     s = seq(2, 0)
     sched.add(s)
     sched.schedule()
-    with pytest.raises(ValueError, match="WAITING"):
-        sched.add(s)
     assert "running=1" in repr(sched)

@@ -17,19 +17,18 @@ Failures stay with their request:
 
 Continuous batching (:mod:`tutx.engine.llm_engine`) goes further — requests join and leave a
 running batch at every decode step. Here whole requests are batched, the simpler idea it builds on;
-:func:`greedy_generate` is the batched function for a decoder (left padding + attention mask).
+:func:`tutx.engine.static_batching.greedy_generate` is the batched function for a decoder.
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
+from tutx._validate import check_int, check_number
 
-__all__ = ["DynamicBatcher", "BatcherStats", "QueueFull", "pad_batch", "greedy_generate"]
+__all__ = ["DynamicBatcher", "BatcherStats", "QueueFull"]
 
 
 class QueueFull(RuntimeError):
@@ -73,10 +72,6 @@ class _BadResults(Exception):
     """fn returned the wrong number of results: a bug in fn, failing the whole batch."""
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 class DynamicBatcher:
     """``await submit(item)`` → ``fn([..., item, ...])[i]``; see the module docstring.
 
@@ -95,13 +90,9 @@ class DynamicBatcher:
                  max_queue: int = 1024, executor=None):
         if not callable(fn):
             raise TypeError(f"fn: expected a callable taking a list of items, got {fn!r}")
-        if not _is_int(max_batch_size) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size={max_batch_size!r}: expected an int >= 1")
-        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) \
-                or not math.isfinite(max_wait_ms) or max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms={max_wait_ms!r}: expected a finite number of milliseconds >= 0")
-        if not _is_int(max_queue) or max_queue < 1:
-            raise ValueError(f"max_queue={max_queue!r}: expected an int >= 1")
+        check_int("max_batch_size", max_batch_size, minimum=1)
+        check_number("max_wait_ms", max_wait_ms, minimum=0)
+        check_int("max_queue", max_queue, minimum=1)
         self.fn, self.max_batch_size, self.max_wait_ms, self.max_queue = fn, max_batch_size, max_wait_ms, max_queue
         self.executor = executor
         self.stats = BatcherStats()
@@ -241,68 +232,3 @@ class DynamicBatcher:
         return (f"DynamicBatcher({getattr(self.fn, '__name__', type(self.fn).__name__)}, max_batch_size="
                 f"{self.max_batch_size}, max_wait_ms={self.max_wait_ms}, max_queue={self.max_queue}, {state}, "
                 f"{len(self._pending)} queued)")
-
-
-# ---- decoder prompts ----------------------------------------------------------------------------
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
-    """``(input_ids, attention_mask)``, both ``[B, S_max]`` long tensors; mask 0 on the padding.
-
-    Decoders pad on the *left*, so that every prompt's last token sits in the last column,
-    where the next token is read from and appended.
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"side={side!r}: expected 'left' or 'right'")
-    if not _is_int(pad_id) or pad_id < 0:
-        raise ValueError(f"pad_id={pad_id!r}: expected a token id (an int >= 0)")
-    if isinstance(sequences, (str, torch.Tensor)) or not isinstance(sequences, Sequence) or not sequences:
-        raise TypeError(f"sequences: expected a non-empty list of token-id lists, got {sequences!r}")
-    for i, seq in enumerate(sequences):
-        if isinstance(seq, (str, torch.Tensor)) or not isinstance(seq, Sequence) or not seq \
-                or not all(_is_int(t) and t >= 0 for t in seq):
-            raise ValueError(f"sequences[{i}]={seq!r}: expected a non-empty list of token ids (ints >= 0)")
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)  # [B, S]
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)  # [B, S]
-    for i, seq in enumerate(sequences):
-        cols = slice(longest - len(seq), longest) if side == "left" else slice(0, len(seq))
-        input_ids[i, cols] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[i, cols] = 1
-    return input_ids, attention_mask
-
-
-@torch.no_grad()
-def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 16, pad_id: int = 0,
-                    eos_id: int | None = None) -> list[list[int]]:
-    """Greedy completions of a batch of prompts: each list holds only the new tokens.
-
-    Left padding with an attention mask and position ids counted from each prompt's first real
-    token give every prompt the output it would get alone. A sequence stops after ``eos_id``
-    (kept in its output, as ``generate`` does); the others go on. Use it with the batcher:
-    ``DynamicBatcher(functools.partial(greedy_generate, model, max_new_tokens=32, pad_id=0), 8, 10)``.
-    """
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an int >= 1")
-    input_ids, mask = pad_batch(prompts, pad_id, "left")  # [B, S]
-    device = next(model.parameters()).device
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, S]: 0 at each prompt's first real token
-    outputs = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # [B]
-    # transformers 5 names the KV cache argument ``cache``; earlier versions ``past_key_values``
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    tokens, cache = input_ids, None
-    for _ in range(max_new_tokens):
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_arg: cache})
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        nxt = out.logits[:, -1].argmax(-1)  # [B]
-        for i in (~done).nonzero().flatten().tolist():
-            outputs[i].append(int(nxt[i]))
-        if eos_id is not None:
-            done |= nxt == eos_id
-            if bool(done.all()):
-                break
-        tokens = torch.where(done, pad_id, nxt)[:, None]  # [B, 1]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # [B, S + 1]
-        positions = positions[:, -1:] + 1  # [B, 1]
-    return outputs

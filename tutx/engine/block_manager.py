@@ -37,19 +37,11 @@ def chain_hash(prev_hash: int | None, token_ids) -> int:
     return hash((prev_hash, tuple(token_ids)))
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-
-
 class BlockManager:
     """Free list, per-sequence block tables, reference counts and the prefix-cache hash table."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
-        _check_positive_int("num_blocks", num_blocks)
-        _check_positive_int("block_size", block_size)
-        if not isinstance(enable_prefix_caching, bool):
-            raise TypeError(f"enable_prefix_caching: expected a bool, got {enable_prefix_caching!r}")
+        # Trusted sizes: EngineConfig checked them (CONTRIBUTING.md, "Errors").
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -88,10 +80,35 @@ class BlockManager:
         block = self.blocks[block_id]
         return block_id if block.hash == h and block.token_ids == tuple(token_ids) else None
 
+    def _prefix(self, seq: Sequence) -> tuple[list[int | None], list[int]]:
+        """``(hashes, hits)``: the chained hash of each block of ``seq`` (None for a partial block, or
+        with caching off) and the pool blocks holding its leading blocks already (its prefix-cache hits).
+
+        The block with the prompt's last token is never a hit (a prefill computes >= 1 token), nor is
+        any block of a sequence that needs logits at every prompt position.
+        """
+        bs, h, hashes, hits = self.block_size, None, [], []
+        lookup = self.enable_prefix_caching and not seq.wants_prompt_logits
+        for i in range(seq.num_blocks(bs)):
+            tokens = seq.block_tokens(i, bs)
+            h = chain_hash(h, tokens) if (len(tokens) == bs and self.enable_prefix_caching) else None
+            hashes.append(h)
+            if lookup and h is not None and len(hits) == i and (i + 1) * bs < len(seq):
+                hit = self._lookup(h, tokens)
+                if hit is not None:
+                    hits.append(hit)
+        return hashes, hits
+
     # -- the API the scheduler uses ----------------------------------------------------------
     def can_allocate(self, seq: Sequence) -> bool:
-        """Enough free blocks for all of ``seq``'s tokens (conservative: ignores prefix-cache hits)."""
-        return self.num_free_blocks >= seq.num_blocks(self.block_size)
+        """Enough free blocks for ``seq``'s tokens, counting the blocks it would share.
+
+        A prefix-cache hit on a block that another sequence holds costs no free block; a hit on a
+        freed-but-cached block takes that block back off the free list, so it still counts.
+        """
+        _, hits = self._prefix(seq)
+        shared = sum(self.blocks[b].ref_count > 0 for b in hits)
+        return self.num_free_blocks >= seq.num_blocks(self.block_size) - shared
 
     def allocate(self, seq: Sequence) -> None:
         """Give ``seq`` a block table for all its tokens, sharing cached prefix blocks.
@@ -105,28 +122,19 @@ class BlockManager:
         if not self.can_allocate(seq):
             raise RuntimeError(f"allocate: {seq.num_blocks(self.block_size)} blocks needed for "
                                f"{seq.request_id!r}, only {self.num_free_blocks} free; call can_allocate first")
-        bs, h, missed, cached = self.block_size, None, False, 0
-        for i in range(seq.num_blocks(bs)):
-            tokens = seq.block_tokens(i, bs)
-            full = len(tokens) == bs
-            h = chain_hash(h, tokens) if (full and self.enable_prefix_caching) else None
-            hit = None
-            if h is not None and not missed and (i + 1) * bs < len(seq):  # keep >= 1 token to compute
-                hit = self._lookup(h, tokens)
-            if hit is not None:
-                block = self.blocks[hit]
-                if block.ref_count == 0:  # cached but free: take it back off the free list
-                    self.free_block_ids.remove(hit)
-                block.ref_count += 1
-                cached += bs
-                seq.block_table.append(hit)
-            else:
-                missed = True
-                block_id = self._take_free_block()
-                if h is not None:
-                    self._register(block_id, h, tokens)
-                seq.block_table.append(block_id)
-        seq.num_cached_tokens = cached
+        hashes, hits = self._prefix(seq)
+        for block_id in hits:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:  # cached but free: take it back off the free list
+                self.free_block_ids.remove(block_id)
+            block.ref_count += 1
+            seq.block_table.append(block_id)
+        for i in range(len(hits), len(hashes)):
+            block_id = self._take_free_block()
+            if hashes[i] is not None:
+                self._register(block_id, hashes[i], seq.block_tokens(i, self.block_size))
+            seq.block_table.append(block_id)
+        seq.num_cached_tokens = len(hits) * self.block_size
 
     def can_append(self, seq: Sequence) -> bool:
         """Whether the slot for ``seq``'s last token can be had (a new block only at a block boundary)."""

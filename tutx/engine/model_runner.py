@@ -9,19 +9,52 @@ Batches are *flattened* (as in nano-vllm): a prefill of sequences of 7 and 12 ne
 
 KV pool: one tensor ``kv_cache [2, num_layers, num_blocks, block_size, Hkv, D]`` (K then V), so
 layer ``l``'s pools are ``kv_cache[0, l]`` and ``kv_cache[1, l]`` of shape
-``[num_blocks, block_size, Hkv, D]`` (see :mod:`tutx.engine.paged_attention`). Block ids are
+``[num_blocks, block_size, Hkv, D]`` (see :mod:`tutx.kernels.paged_decode`). Block ids are
 shared by all layers: the block manager hands out a block once for every layer.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from tutx.engine.paged_attention import (check_paged_metadata, gather_kv, paged_decode_attention,
-                                         paged_decode_attention_sdpa, prefill_attention)
+from tutx.engine.attention import gather_kv, paged_decode_attention_sdpa, prefill_attention
 from tutx.engine.sequence import Sequence
+from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
 
-BACKENDS = ("auto", "triton", "torch")
+from tutx.engine.config import BACKENDS
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotary embedding as Hugging Face's Llama applies it (``cos``/``sin``: ``[T, D]``; q, k: ``[T, H, D]``)."""
+    cos, sin = cos[:, None], sin[:, None]  # [T, 1, D]
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+@dataclass
+class AttentionMetadata:
+    """One step's batch, flattened: what every layer's attention needs besides q, k and v.
+
+    input_ids, positions, slots: ``[T]`` — the tokens computed, their positions, their pool slots.
+    Prefill: ``spans`` (start, end, num_cached, block table tensor or None) per sequence and
+    ``logit_rows`` (the rows whose logits are computed: each sequence's last, or all of a
+    sequence that wants prompt logprobs). Decode: ``block_tables [B, max_blocks]`` and
+    ``lengths [B]``.
+    """
+
+    is_prefill: bool
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    spans: list | None = None
+    logit_rows: torch.Tensor | None = None
+    block_tables: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
 
 
 def check_model(model) -> None:
@@ -41,16 +74,15 @@ def check_model(model) -> None:
 class ModelRunner:
     """Owns the KV pool and turns scheduled sequences into next-token logits ``[B, V]``.
 
-    ``attention_backend``: ``"torch"`` runs decode attention in PyTorch (gather the pages, one SDPA call),
-    ``"triton"`` the :func:`paged_decode_attention` wrapper (the kernel on CUDA, or on CPU under
-    ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16 weights and the
-    PyTorch path otherwise (the interpreter is for tests, not a speed path).
+    ``attention_backend``: ``"sdpa"`` runs decode attention in PyTorch (gather the pages, one SDPA call),
+    ``"triton"`` the :func:`~tutx.kernels.paged_decode.paged_decode_attention` wrapper (the kernel on
+    CUDA, or on CPU under ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16
+    weights and SDPA otherwise (the interpreter is for tests, not a speed path). Sizes and the
+    backend are trusted: :class:`~tutx.engine.EngineConfig` checked them.
     """
 
     def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto"):
         check_model(model)
-        if attention_backend not in BACKENDS:
-            raise ValueError(f"attention_backend: expected one of {BACKENDS}, got {attention_backend!r}")
         self.model = model
         self.block_size = block_size
         self.num_blocks = num_blocks
@@ -63,7 +95,7 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         if attention_backend == "auto":
             fast = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
-            attention_backend = "triton" if fast else "torch"
+            attention_backend = "triton" if fast else "sdpa"
         self.attention_backend = attention_backend
         shape = (2, self.num_layers, num_blocks, block_size, self.num_kv_heads, self.head_dim)
         self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N, bs, Hkv, D]
@@ -78,54 +110,57 @@ class ModelRunner:
     def kv_cache_bytes(self) -> int:
         return self.kv_cache.numel() * self.kv_cache.element_size()
 
-    def _slot(self, seq: Sequence, pos: int) -> int:
-        return seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size
-
     def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
     # -- batch preparation ---------------------------------------------------------------------
-    def _prepare_prefill(self, seqs: list[Sequence]) -> dict:
+    def _prepare_prefill(self, seqs: list[Sequence]) -> AttentionMetadata:
         """Tokens ``num_cached_tokens .. len-1`` of every sequence, flattened."""
-        ids, positions, slots, spans, start = [], [], [], [], 0
+        ids, positions, slots, spans, rows, start, bs = [], [], [], [], [], 0, self.block_size
         for seq in seqs:
             new = range(seq.num_cached_tokens, len(seq))
+            table = seq.block_table
             ids += seq.token_ids[seq.num_cached_tokens:]
             positions += new
-            slots += [self._slot(seq, p) for p in new]
-            table = self._tensor(seq.block_table) if seq.num_cached_tokens else None
-            spans.append((start, start + len(new), seq.num_cached_tokens, table))
+            slots += [table[p // bs] * bs + p % bs for p in new]
+            spans.append((start, start + len(new), seq.num_cached_tokens,
+                          self._tensor(table) if seq.num_cached_tokens else None))
+            rows += range(start, start + len(new)) if seq.wants_prompt_logits else [start + len(new) - 1]
             start += len(new)
-        return {"input_ids": self._tensor(ids), "positions": self._tensor(positions),
-                "slots": self._tensor(slots), "spans": spans,
-                "last": self._tensor([end - 1 for _, end, _, _ in spans])}
+        return AttentionMetadata(True, self._tensor(ids), self._tensor(positions), self._tensor(slots),
+                                 spans=spans, logit_rows=self._tensor(rows))
 
-    def _prepare_decode(self, seqs: list[Sequence]) -> dict:
-        """Each sequence's last token, which attends over all ``len(seq)`` positions."""
-        width = max(len(s.block_table) for s in seqs)
-        tables = [s.block_table + [-1] * (width - len(s.block_table)) for s in seqs]
-        meta = {"input_ids": self._tensor([s.last_token for s in seqs]),
-                "positions": self._tensor([len(s) - 1 for s in seqs]),
-                "slots": self._tensor([self._slot(s, len(s) - 1) for s in seqs]),
-                "block_tables": self._tensor(tables, torch.int32),  # [B, max_blocks]
-                "lengths": self._tensor([len(s) for s in seqs], torch.int32)}  # [B]
-        check_paged_metadata(meta["block_tables"], meta["lengths"], self.num_blocks, self.block_size)
-        return meta
+    def _prepare_decode(self, seqs: list[Sequence]) -> AttentionMetadata:
+        """Each sequence's last token, which attends over all ``len(seq)`` positions.
+
+        The tables are checked as Python lists (no device sync) before they become tensors.
+        """
+        bs = self.block_size
+        lengths = [len(s) for s in seqs]
+        tables = [s.block_table for s in seqs]
+        check_block_tables(tables, lengths, self.num_blocks, bs)
+        width = max(map(len, tables))
+        padded = [t + [-1] * (width - len(t)) for t in tables]
+        return AttentionMetadata(
+            False, self._tensor([s.last_token for s in seqs]), self._tensor([n - 1 for n in lengths]),
+            self._tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, lengths)]),
+            block_tables=self._tensor(padded, torch.int32),  # [B, max_blocks]
+            lengths=self._tensor(lengths, torch.int32))  # [B]
 
     # -- the forward pass ----------------------------------------------------------------------
-    def _attention(self, layer: int, attn, x: torch.Tensor, cos_sin, meta: dict, is_prefill: bool):
+    def _attention(self, layer: int, attn, x: torch.Tensor, cos_sin, meta: AttentionMetadata):
         t, d = x.shape[0], self.head_dim
         q = attn.q_proj(x).view(t, -1, d)  # [T, Hq, D]
         k = attn.k_proj(x).view(t, -1, d)  # [T, Hkv, D]
         v = attn.v_proj(x).view(t, -1, d)  # [T, Hkv, D]
-        q, k = apply_rotary_pos_emb(q, k, *cos_sin, unsqueeze_dim=1)
+        q, k = apply_rotary(q, k, *cos_sin)
         k_pool, v_pool = self.kv_cache[0, layer], self.kv_cache[1, layer]  # [N, bs, Hkv, D]
         # Write first, read after: a prefill may read blocks another sequence of this batch fills.
-        k_pool.view(-1, self.num_kv_heads, d)[meta["slots"]] = k  # [N*bs, Hkv, D]
-        v_pool.view(-1, self.num_kv_heads, d)[meta["slots"]] = v
-        if is_prefill:
+        k_pool.view(-1, self.num_kv_heads, d)[meta.slots] = k  # [N*bs, Hkv, D]
+        v_pool.view(-1, self.num_kv_heads, d)[meta.slots] = v
+        if meta.is_prefill:
             outs = []
-            for start, end, cached, table in meta["spans"]:
+            for start, end, cached, table in meta.spans:
                 if cached:  # prefix-cached tokens come from the pool
                     n = cached + end - start
                     ks, vs = gather_kv(k_pool, table, n), gather_kv(v_pool, table, n)  # [n, Hkv, D]
@@ -135,26 +170,38 @@ class ModelRunner:
             o = torch.cat(outs)  # [T, Hq, D]
         else:
             attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_sdpa
-            o = attend(q, k_pool, v_pool, meta["block_tables"], meta["lengths"], sm_scale=attn.scaling,
+            o = attend(q, k_pool, v_pool, meta.block_tables, meta.lengths, sm_scale=attn.scaling,
                        validate=False)  # [B, Hq, D]
         return attn.o_proj(o.reshape(t, -1))  # [T, hidden]
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
-        """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position."""
-        if not seqs:
-            raise ValueError("seqs: expected at least one sequence")
+    def run(self, seqs: list[Sequence], is_prefill: bool):
+        """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position.
+
+        In a prefill where some sequence wants prompt logprobs, returns ``(logits, prompt_logits)``
+        instead: ``prompt_logits[i]`` is ``[S_i, vocab]`` (every prompt position of sequence ``i``,
+        its last row included) or None for a sequence that did not ask.
+        """
         meta = self._prepare_prefill(seqs) if is_prefill else self._prepare_decode(seqs)
         inner = self.model.model
-        h = inner.embed_tokens(meta["input_ids"])  # [T, hidden]
-        cos, sin = inner.rotary_emb(h, meta["positions"][None])  # [1, T, D] each
+        h = inner.embed_tokens(meta.input_ids)  # [T, hidden]
+        cos, sin = inner.rotary_emb(h, meta.positions[None])  # [1, T, D] each
         cos_sin = (cos[0], sin[0])  # [T, D]
         for i, layer in enumerate(inner.layers):
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta, is_prefill)
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         if is_prefill:
-            h = h[meta["last"]]  # [B, hidden]: only the last position's logits are needed
-        return self.model.lm_head(inner.norm(h)).float()  # [B, V]
+            h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
+        logits = self.model.lm_head(inner.norm(h)).float()  # [R, V]
+        if not is_prefill or len(meta.logit_rows) == len(seqs):
+            return logits
+        last, prompt_logits, row = [], [], 0
+        for seq, (start, end, _, _) in zip(seqs, meta.spans):
+            n = end - start if seq.wants_prompt_logits else 1
+            prompt_logits.append(logits[row:row + n] if seq.wants_prompt_logits else None)
+            last.append(row + n - 1)
+            row += n
+        return logits[last], prompt_logits
 
 
-__all__ = ["ModelRunner", "BACKENDS", "check_model"]
+__all__ = ["ModelRunner", "AttentionMetadata", "BACKENDS", "check_model"]

@@ -22,15 +22,14 @@ from tutx.engine.sequence import Sequence, SequenceStatus
 class Scheduler:
     """FCFS admission, decode of all running sequences, preemption by recompute."""
 
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
-        if not isinstance(block_manager, BlockManager):
-            raise TypeError(f"block_manager: expected a BlockManager, got {type(block_manager).__name__}")
-        for name, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int | None = None, eos_token_ids=frozenset()):
+        # Trusted arguments: LLMEngine and EngineConfig checked them (CONTRIBUTING.md, "Errors").
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len  # None: no context limit (tests of the scheduler alone)
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()  # in admission order: the last is the newest
         self.num_preemptions = 0
@@ -41,8 +40,6 @@ class Scheduler:
                 f"preemptions={self.num_preemptions}, {self.block_manager!r})")
 
     def add(self, seq: Sequence) -> None:
-        if seq.status is not SequenceStatus.WAITING:
-            raise ValueError(f"seq: expected a WAITING sequence, got {seq!r}")
         self.waiting.append(seq)
 
     def has_unfinished(self) -> bool:
@@ -86,6 +83,27 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def postprocess(self, seqs: list[Sequence], tokens: list[int]) -> None:
+        """After a step: append each sequence's new token, end those that are done, free their blocks.
+
+        A sequence ends on its model's eos (unless ``ignore_eos``) or one of its ``stop_token_ids``
+        ("stop", ``stop_reason`` = the stop token, None for eos), or at ``max_tokens`` or the
+        context length ("length"). A prompt-scoring request (``max_tokens=0``) ends right after
+        its prefill, without a token. Stop *strings* need the text: see :mod:`tutx.engine.output`.
+        """
+        eos, max_len = self.eos_token_ids, self.max_model_len
+        for seq, token in zip(seqs, tokens):
+            p = seq.params
+            if p.max_tokens == 0:
+                self.finish(seq, "length")
+                continue
+            seq.append_token(token)
+            if (token in eos and not p.ignore_eos) or token in p.stop_token_ids:
+                seq.stop_reason = token if token in p.stop_token_ids else None
+                self.finish(seq, "stop")
+            elif seq.num_completion_tokens >= p.max_tokens or (max_len is not None and len(seq) >= max_len):
+                self.finish(seq, "length")
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """A running sequence is done: release its blocks."""

@@ -29,12 +29,7 @@ class Sequence:
 
     def __init__(self, token_ids: list[int], params: SamplingParams | None = None,
                  request_id: str | None = None):
-        if not isinstance(token_ids, (list, tuple)) or not token_ids:
-            raise ValueError(f"token_ids: expected a non-empty list of ints, got {token_ids!r:.80}")
-        if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in token_ids):
-            raise TypeError("token_ids: expected ints >= 0 (token ids)")
-        if params is not None and not isinstance(params, SamplingParams):
-            raise TypeError(f"params: expected a SamplingParams, got {type(params).__name__}")
+        # Trusted input: LLMEngine checked the token ids and the params (CONTRIBUTING.md, "Errors").
         self.seq_id = next(Sequence._ids)
         self.request_id = request_id if request_id is not None else f"seq-{self.seq_id}"
         self.params = params if params is not None else SamplingParams()
@@ -45,7 +40,10 @@ class Sequence:
         self.num_cached_tokens = 0
         self.finish_reason: str | None = None  # "stop", "length" or "abort"
         self.stop_reason: int | str | None = None  # the stop token id or stop string that matched
-        # Incremental detokenization state (owned by the engine).
+        # Log-probabilities, when the params ask for them (filled by the engine).
+        self.logprobs: list[dict[int, float]] | None = [] if self.params.logprobs is not None else None
+        self.prompt_logprobs: list[dict[int, float] | None] | None = None
+        # Incremental detokenization state (owned by tutx.engine.output).
         self.output_text = ""
         self.num_emitted_chars = 0
         self.prefix_offset = max(0, self.num_prompt_tokens - 5)
@@ -87,8 +85,13 @@ class Sequence:
         """The token ids stored in logical block ``i``."""
         return self.token_ids[i * block_size: (i + 1) * block_size]
 
+    @property
+    def wants_prompt_logits(self) -> bool:
+        """Its next prefill must compute logits at every prompt position (and take no prefix-cache hits)."""
+        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
+
     def append_token(self, token_id: int) -> None:
-        self.token_ids.append(int(token_id))
+        self.token_ids.append(token_id)
 
 
 __all__ = ["Sequence", "SequenceStatus"]

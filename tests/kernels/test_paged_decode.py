@@ -4,8 +4,9 @@ import zlib
 import pytest
 import torch
 
-from tutx.engine.paged_attention import (check_paged_metadata, gather_kv, paged_decode_attention,
-                                         paged_decode_attention_ref, paged_decode_attention_sdpa, prefill_attention)
+from tutx.engine.attention import gather_kv, paged_decode_attention_sdpa, prefill_attention
+from tutx.kernels.paged_decode import (check_block_tables, check_paged_metadata, paged_decode_attention,
+                                       paged_decode_attention_ref)
 from tutx.kernels.decode import decode_attention_ref
 
 
@@ -109,6 +110,21 @@ def test_bad_inputs_raise():
         paged_decode_attention(q, k_pool, v_pool.half(), tables, lens)
     with pytest.raises(ValueError, match="num_splits"):
         paged_decode_attention(q, k_pool, v_pool, tables, lens, num_splits=0)
+
+
+def test_check_block_tables_on_lists_agrees_with_the_tensor_check():
+    """The engine checks its Python lists (no device sync); the tensor check syncs once."""
+    good = ([[3, 1], [0, -1]], [5, 4])
+    check_block_tables(*good, num_blocks=4, block_size=4)
+    check_paged_metadata(torch.tensor(good[0]), torch.tensor(good[1]), 4, 4)
+    for tables, lengths, match in [([[3, 1], [0, -1]], [9, 4], r"block_tables\[0\]"),  # too short
+                                   ([[3, 4], [0, -1]], [5, 4], r"block_tables\[0\]"),  # block 4 of 4
+                                   ([[3, 1], [-1, 0]], [5, 4], r"block_tables\[1\]"),  # padding used
+                                   ([[3, 1], [0, -1]], [5, 0], r"block_tables\[1\]")]:  # empty
+        with pytest.raises(ValueError, match=match):
+            check_block_tables(tables, lengths, 4, 4)
+        with pytest.raises(ValueError, match="row|lengths"):
+            check_paged_metadata(torch.tensor(tables), torch.tensor(lengths), 4, 4)
 
 
 @pytest.mark.gpu

@@ -1,25 +1,22 @@
-"""Attention over a paged KV cache: the decode kernel (Triton + reference) and prefill (PyTorch).
+"""Flash-decoding over a paged KV cache: one query token per sequence, keys and values in pool blocks.
 
 Pool layout (one pair per layer): ``k_pool`` and ``v_pool`` are ``[num_blocks, block_size, Hkv, D]``.
-A token's K/V row is ``pool[slot // block_size, slot % block_size]`` — viewed flat as
-``[num_blocks * block_size, Hkv, D]`` it is simply row ``slot``, so writing a step's new keys is a
-single indexed copy. Only the ``Hkv`` key/value heads are stored (GQA/MQA): query head ``h`` reads
-KV head ``h // (Hq // Hkv)``; nothing is ever expanded to ``Hq`` heads in the pool.
-
+A token's K/V row is ``pool[slot // block_size, slot % block_size]``. Only the ``Hkv`` key/value
+heads are stored (GQA/MQA): query head ``h`` reads KV head ``h // (Hq // Hkv)``.
 ``block_tables [B, max_blocks]`` maps sequence ``b``'s logical block ``i`` to a pool block; entries
 past ``ceil(lengths[b] / block_size)`` are padding and never read.
 
-The decode kernel is :mod:`tutx.kernels.decode`'s flash-decoding with the dense ``S_max`` axis
-replaced by the block table: each program walks its chunk of the sequence *page by page*, loading
-the page's pool id from the table and then a ``[block_size, D]`` tile of keys and values (rows
-``Hkv * D`` apart). The split/merge structure (and the merge kernel itself) is unchanged.
+The kernel is :mod:`tutx.kernels.decode`'s flash-decoding with the dense ``S_max`` axis replaced
+by the block table: each program walks its chunk of the sequence *page by page*, loading the
+page's pool id from the table and then a ``[block_size, D]`` tile of keys and values (rows
+``Hkv * D`` apart). The split/merge structure, and the merge kernel itself, are shared with it.
+
+The triple (CONTRIBUTING.md): :func:`paged_decode_attention_kernel`, the wrapper
+:func:`paged_decode_attention`, and :func:`paged_decode_attention_ref` in plain PyTorch.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from tutx.kernels._attention_common import (
     LOG2E,
@@ -32,7 +29,8 @@ from tutx.kernels._attention_common import (
     resolve_scale,
 )
 from tutx.kernels._dispatch import use_triton
-from tutx.kernels.decode import (MAX_HEAD_DIM, MAX_SPLITS, _decode_merge_kernel, decode_attention_ref,
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.decode import (MAX_HEAD_DIM, MAX_SPLITS, decode_attention_ref, decode_merge_kernel,
                                  default_num_splits)
 
 
@@ -94,23 +92,42 @@ def paged_decode_attention_kernel(Q, K_POOL, V_POOL, BLOCK_TABLES, LENGTHS, O_PA
     tl.store(LSE_PART + part, tl.max(lse, 0))
 
 
+def check_block_tables(block_tables: list[list[int]], lengths: list[int], num_blocks: int,
+                       block_size: int) -> None:
+    """:func:`check_paged_metadata` on the Python lists a caller builds its tensors from (no device sync).
+
+    ``block_tables[b]`` must hold at least ``ceil(lengths[b] / block_size)`` entries, those in
+    ``[0, num_blocks)``; every length must be >= 1.
+    """
+    for b, (table, n) in enumerate(zip(block_tables, lengths)):
+        used = table[:-(-n // block_size)]
+        if n < 1 or len(used) * block_size < n or (used and (min(used) < 0 or max(used) >= num_blocks)):
+            raise ValueError(f"block_tables[{b}]: expected at least ceil({n}/{block_size}) entries in "
+                             f"[0, num_blocks={num_blocks}) for length {n} (>= 1), got {table}")
+
+
 def check_paged_metadata(block_tables, lengths, num_blocks: int, block_size: int) -> None:
-    """Values check (one host sync): lengths in ``[1, max_blocks*block_size]``, used table entries
-    in ``[0, num_blocks)``. Out-of-range values would make the kernel read another sequence's cache."""
+    """Values check with one device->host sync: lengths in ``[1, max_blocks*block_size]``, used table
+    entries in ``[0, num_blocks)``. Out-of-range values would make the kernel read another
+    sequence's cache. Callers that build the tensors from lists check those instead
+    (:func:`check_block_tables`) and pass ``validate=False``."""
     if block_tables.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"block_tables: expected dtype int32 or int64, got {block_tables.dtype}")
     if lengths.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"lengths: expected dtype int32 or int64, got {lengths.dtype}")
     max_len = block_tables.shape[1] * block_size
-    lo, hi = (int(x) for x in torch.aminmax(lengths))
-    if lo < 1 or hi > max_len:
-        raise ValueError(f"lengths: expected values in [1, max_blocks*block_size={max_len}], got min {lo}, max {hi}")
     pages = torch.arange(block_tables.shape[1], device=lengths.device)  # [M]
     used = pages[None, :] * block_size < lengths[:, None]  # [B, M]
-    ids = block_tables[used]
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-        raise ValueError(f"block_tables: expected the entries of used pages in [0, num_blocks={num_blocks}), "
-                         f"got min {int(ids.min())}, max {int(ids.max())}")
+    bad_ids = used & ((block_tables < 0) | (block_tables >= num_blocks))  # [B, M]
+    bad = (lengths < 1) | (lengths > max_len) | bad_ids.any(dim=1)  # [B]
+    if not bool(bad.any()):  # the one sync
+        return
+    b = int(bad.nonzero()[0, 0])
+    n = int(lengths[b])
+    if not 1 <= n <= max_len:
+        raise ValueError(f"lengths: expected values in [1, max_blocks*block_size={max_len}], got {n} at row {b}")
+    raise ValueError(f"block_tables: expected the entries of used pages in [0, num_blocks={num_blocks}), "
+                     f"got {block_tables[b].tolist()} at row {b} (length {n})")
 
 
 def _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool):
@@ -169,16 +186,9 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, sm_scale: f
         hq, hq // hkv, num_splits, d, block_size,
         BLOCK_N=max(2, triton.next_power_of_2(block_size)), BLOCK_D=block_d)
     o = torch.empty((batch, hq, d), device=q.device, dtype=q.dtype)  # [B, Hq, D]
-    _decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
+    decode_merge_kernel[(batch * hq,)](o_part, lse_part, o, num_splits, d,
                                         SPLITS_P2=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d)
     return o
-
-
-def gather_kv(pool: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
-    """The first ``length`` cached rows of one sequence, made dense: ``[length, Hkv, D]``."""
-    block_size = pool.shape[1]
-    pages = block_table[: (length + block_size - 1) // block_size].long()  # [P]
-    return pool[pages].flatten(0, 1)[:length]  # [P*block_size, Hkv, D] -> [length, Hkv, D]
 
 
 def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
@@ -194,43 +204,5 @@ def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scal
     return decode_attention_ref(q, k, v, lengths, sm_scale)
 
 
-def paged_decode_attention_sdpa(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
-                                validate: bool = True) -> torch.Tensor:
-    """The engine's fast path without a GPU kernel: gather the pages, then one masked SDPA call (GQA native).
-
-    Same result as :func:`paged_decode_attention_ref` (to rounding) when every slot of the pool
-    holds finite numbers — as the engine's pools do: they start zeroed and only ever receive
-    computed keys and values. (The reference also survives NaN garbage in unused slots.)
-    """
-    _check(q, k_pool, v_pool, block_tables, lengths, None, validate)
-    pages = block_tables.long().clamp(0, k_pool.shape[0] - 1)  # padding entries read block 0, then masked
-    k = k_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
-    v = v_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
-    keep = torch.arange(k.shape[2], device=q.device)[None, :] < lengths[:, None]  # [B, M*bs]
-    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep[:, None, None, :],
-                                         scale=sm_scale, enable_gqa=True)  # [B, Hq, 1, D]
-    return out[:, :, 0]
-
-
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int,
-                      scale: float) -> torch.Tensor:
-    """Causal attention of one sequence's new tokens (PyTorch SDPA, GQA without copying K/V).
-
-    q ``[S_new, Hq, D]`` holds positions ``num_cached .. num_cached+S_new-1``; k, v ``[S, Hkv, D]``
-    hold positions ``0 .. S-1`` with ``S = num_cached + S_new`` (the cached prefix gathered from
-    the pool, then the new tokens). Returns ``[S_new, Hq, D]``.
-    """
-    s = k.shape[0]
-    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, S, D]
-    if num_cached == 0:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
-    else:  # query i sees keys 0 .. num_cached + i (SDPA's is_causal would align to the top left)
-        rows = torch.arange(num_cached, s, device=q.device)[:, None]  # [S_new, 1]
-        mask = torch.arange(s, device=q.device)[None, :] <= rows  # [S_new, S]
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out[0].transpose(0, 1)  # [S_new, Hq, D]
-
-
-__all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_sdpa",
-           "paged_decode_attention_kernel",
-           "check_paged_metadata", "gather_kv", "prefill_attention"]
+__all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_kernel",
+           "check_paged_metadata", "check_block_tables"]

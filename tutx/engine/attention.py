@@ -1,0 +1,60 @@
+"""The engine's attention in PyTorch: prefill over new and cached tokens, decode without a GPU kernel.
+
+Pool layout as in :mod:`tutx.kernels.paged_decode` (one pair per layer, ``[num_blocks, block_size,
+Hkv, D]``); the Triton decode kernel lives there. These are the paths the engine takes for every
+prefill, and for decode on a CPU (``attention_backend="sdpa"``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tutx.kernels.paged_decode import check_paged_metadata
+
+
+def gather_kv(pool: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` cached rows of one sequence, made dense: ``[length, Hkv, D]``."""
+    block_size = pool.shape[1]
+    pages = block_table[: (length + block_size - 1) // block_size].long()  # [P]
+    return pool[pages].flatten(0, 1)[:length]  # [P*block_size, Hkv, D] -> [length, Hkv, D]
+
+
+def paged_decode_attention_sdpa(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                                validate: bool = True) -> torch.Tensor:
+    """The engine's fast path without a GPU kernel: gather the pages, then one masked SDPA call (GQA native).
+
+    Same result as :func:`paged_decode_attention_ref` (to rounding) when every slot of the pool
+    holds finite numbers — as the engine's pools do: they start zeroed and only ever receive
+    computed keys and values. (The reference also survives NaN garbage in unused slots.)
+    """
+    if validate:
+        check_paged_metadata(block_tables, lengths, k_pool.shape[0], k_pool.shape[1])
+    pages = block_tables.long().clamp(0, k_pool.shape[0] - 1)  # padding entries read block 0, then masked
+    k = k_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
+    v = v_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
+    keep = torch.arange(k.shape[2], device=q.device)[None, :] < lengths[:, None]  # [B, M*bs]
+    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=keep[:, None, None, :],
+                                         scale=sm_scale, enable_gqa=True)  # [B, Hq, 1, D]
+    return out[:, :, 0]
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int,
+                      scale: float) -> torch.Tensor:
+    """Causal attention of one sequence's new tokens (PyTorch SDPA, GQA without copying K/V).
+
+    q ``[S_new, Hq, D]`` holds positions ``num_cached .. num_cached+S_new-1``; k, v ``[S, Hkv, D]``
+    hold positions ``0 .. S-1`` with ``S = num_cached + S_new`` (the cached prefix gathered from
+    the pool, then the new tokens). Returns ``[S_new, Hq, D]``.
+    """
+    s = k.shape[0]
+    qh, kh, vh = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, S, D]
+    if num_cached == 0:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    else:  # query i sees keys 0 .. num_cached + i (SDPA's is_causal would align to the top left)
+        rows = torch.arange(num_cached, s, device=q.device)[:, None]  # [S_new, 1]
+        mask = torch.arange(s, device=q.device)[None, :] <= rows  # [S_new, S]
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)  # [S_new, Hq, D]
+
+
+__all__ = ["gather_kv", "paged_decode_attention_sdpa", "prefill_attention"]

@@ -1,0 +1,63 @@
+"""The engine's sizes: block size, pool size, batch limits, context length, attention backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tutx._validate import check_bool, check_choice, check_optional_int, check_positive_int
+
+BACKENDS = ("auto", "triton", "sdpa")  # decode attention: choose, the Triton kernel, PyTorch SDPA
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine sizes. ``None`` fields are derived from the model when the engine is built.
+
+    - ``block_size``: token slots per KV-cache block.
+    - ``num_blocks``: blocks in the pool (None: room for ``max_num_seqs`` sequences of ``max_model_len``).
+    - ``max_num_seqs``: most sequences running at once.
+    - ``max_num_batched_tokens``: most prompt tokens in one prefill step (None: ``max(2048, max_model_len)``;
+      must be >= ``max_model_len`` so that any prompt fits a step).
+    - ``max_model_len``: context length (None: the model's ``max_position_embeddings``).
+    - ``enable_prefix_caching``: share identical full prompt blocks between requests.
+    - ``attention_backend``: "auto", "triton" or "sdpa" (see :class:`~tutx.engine.ModelRunner`).
+    """
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+
+    def __post_init__(self):
+        check_positive_int("block_size", self.block_size)
+        check_positive_int("max_num_seqs", self.max_num_seqs)
+        for name in ("num_blocks", "max_num_batched_tokens", "max_model_len"):
+            check_optional_int(name, getattr(self, name), minimum=1)
+        check_bool("enable_prefix_caching", self.enable_prefix_caching)
+        check_choice("attention_backend", self.attention_backend, BACKENDS)
+        if self.max_num_batched_tokens is not None and self.max_model_len is not None \
+                and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(f"max_num_batched_tokens: expected >= max_model_len={self.max_model_len} "
+                             f"(a prompt must fit one step), got {self.max_num_batched_tokens}")
+
+    def resolve(self, model) -> "EngineConfig":
+        """A copy with every ``None`` filled in from ``model.config``."""
+        model_len = getattr(model.config, "max_position_embeddings", None)
+        max_len = self.max_model_len if self.max_model_len is not None else model_len
+        if max_len is None:
+            raise ValueError("max_model_len: the model's config has no max_position_embeddings; set it")
+        if model_len is not None and max_len > model_len:
+            raise ValueError(f"max_model_len: expected at most the model's max_position_embeddings={model_len}, "
+                             f"got {max_len}")
+        num_blocks = self.num_blocks or self.max_num_seqs * cdiv(max_len, self.block_size)
+        budget = self.max_num_batched_tokens or max(2048, max_len)
+        return replace(self, max_model_len=max_len, num_blocks=num_blocks, max_num_batched_tokens=budget)
+
+
+__all__ = ["EngineConfig", "BACKENDS", "cdiv"]
