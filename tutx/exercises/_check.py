@@ -2,12 +2,28 @@
 
 The message on failure names the case, the arguments, what was expected and what came back,
 so a learner can reproduce the failing call in the next cell.
+
+Three outcomes, the same in every chapter (``tests/exercises/test_contract.py`` checks each
+chapter's ``CONTRACT`` against them):
+
+- the exercise's stub, untouched (its body is only ``...``, ``pass``, a docstring,
+  ``return ...`` or ``raise NotImplementedError``): prints "not solved yet", so a notebook runs
+  top to bottom before the learner starts;
+- a function with a real body that returns ``None``: an ``AssertionError`` that asks
+  "did you forget `return`?";
+- any other wrong answer: an ``AssertionError`` naming the case; all cases right: ``✅``.
+
+A check with its own logic (a build-it exercise) uses :func:`attempt` and :func:`not_solved`
+so it behaves the same way.
 """
 from __future__ import annotations
 
+import dis
 import math
 from numbers import Real
 from typing import Callable, Sequence
+
+__all__ = ["check_fn", "is_stub", "attempt", "not_solved", "NotSolved", "run_cases", "run_tensor_cases"]
 
 
 def check_fn(fn, name: str) -> None:
@@ -16,15 +32,62 @@ def check_fn(fn, name: str) -> None:
         raise TypeError(f"{name}(fn): expected a function, got {type(fn).__name__} {fn!r}")
 
 
-def _attempt(fn, args, where: str):
-    """The learner's ``fn(*args)``; None for a stub (``...`` body, ``return ...``, NotImplementedError)."""
+# Bytecode a stub compiles to: constants, returning them, and raising NotImplementedError.
+# (A docstring, ``...`` and ``pass`` compile to nothing; the interpreter's bookkeeping ops are skipped.)
+_BOOKKEEPING = {"RESUME", "NOP", "CACHE", "EXTENDED_ARG", "PUSH_NULL", "PRECALL", "COPY_FREE_VARS", "MAKE_CELL"}
+_STUB_OPS = {"LOAD_CONST", "RETURN_CONST", "RETURN_VALUE", "POP_TOP", "CALL", "CALL_FUNCTION", "RAISE_VARARGS"}
+
+
+def is_stub(fn) -> bool:
+    """Whether ``fn``'s body does nothing yet: only a docstring, ``...``, ``pass``, ``return ...``
+    or ``raise NotImplementedError``. Read from the bytecode, so it works for functions defined in a
+    notebook cell. Something that is not a plain function (no code to read) is not a stub."""
+    fn = getattr(fn, "func", fn)  # functools.partial
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return False
+    for ins in dis.get_instructions(code):
+        if ins.opname in _BOOKKEEPING:
+            continue
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval == "NotImplementedError":
+            continue
+        if ins.opname not in _STUB_OPS:
+            return False
+        if ins.opname in ("LOAD_CONST", "RETURN_CONST") and not (ins.argval is None or ins.argval is Ellipsis
+                                                                  or isinstance(ins.argval, str)):
+            return False
+    return True
+
+
+class NotSolved(Exception):
+    """Raised by :func:`attempt` when the learner's function is still the exercise's stub."""
+
+
+def attempt(fn, args, where: str, expected=Ellipsis):
+    """The learner's ``fn(*args)``.
+
+    Raises :class:`NotSolved` for a stub (it returned None or ``...``, or raised
+    ``NotImplementedError``), ``AssertionError`` naming ``where`` when it raised anything else, or
+    when a real body returned None where a value was ``expected`` (pass ``expected=None`` for a
+    function that is meant to return None).
+    """
     try:
         got = fn(*args)
     except NotImplementedError:
-        return None
+        raise NotSolved(where) from None
     except Exception as exc:
         raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-    return None if got is Ellipsis else got
+    if got is Ellipsis or (got is None and is_stub(fn)):
+        raise NotSolved(where)
+    if got is None and expected is not None:
+        raise AssertionError(f"{where} returned None: did you forget `return`?")
+    return got
+
+
+def not_solved(name: str, call: str) -> None:
+    """Print the "not solved yet" line for a stub."""
+    print(f"✏️ {name}: not solved yet ({call} is still the stub). "
+          "Write the body of your function and run this cell again.")
 
 
 def _call(args) -> str:
@@ -42,10 +105,9 @@ def run_cases(
     """Call ``fn(*args)`` for every case and compare with ``reference(*args)``.
 
     Numbers match within ``rel_tol`` (relative) or ``abs_tol``; anything else must be equal.
-    Prints ``✅ name: all N cases passed``, or raises ``AssertionError`` for
-    the first failure. A function that is still the exercise's stub (its body is ``...``, so it
-    returns None — or ``return ...`` — or it raises ``NotImplementedError``) is not a failure: the check says
-    "not solved yet", so a notebook runs top to bottom before you start.
+    Prints ``✅ name: all N cases passed``, or raises ``AssertionError`` for the first failure.
+    The exercise's untouched stub is not a failure: the check prints "not solved yet" (see the
+    module docstring).
     """
     check_fn(fn, name)
     for tol_name, tol in (("rel_tol", rel_tol), ("abs_tol", abs_tol)):
@@ -55,10 +117,11 @@ def run_cases(
         raise ValueError(f"cases={cases!r}: expected at least one case")
     for k, args in enumerate(cases, start=1):
         expected = reference(*args)
-        got = _attempt(fn, args, f"{name}: case {k}/{len(cases)} {_call(args)} (expected {expected!r})")
-        if got is None and expected is not None and k == 1:
-            print(f"✏️ {name}: not solved yet ({_call(args)} returned None). "
-                  "Write the body of your function and run this cell again.")
+        try:
+            got = attempt(fn, args, f"{name}: case {k}/{len(cases)} {_call(args)} (expected {expected!r})",
+                          expected)
+        except NotSolved:
+            not_solved(name, _call(args))
             return
         if isinstance(expected, Real) and not isinstance(expected, bool):
             ok = isinstance(got, Real) and not isinstance(got, bool) and math.isclose(
@@ -106,10 +169,10 @@ def run_tensor_cases(
     for k, args in enumerate(cases, start=1):
         call = "fn(" + ", ".join(_describe(a) for a in args) + ")"
         expected = reference(*args)
-        got = _attempt(fn, args, f"{name}: case {k}/{len(cases)} {call}")
-        if got is None and k == 1:
-            print(f"✏️ {name}: not solved yet ({call} returned None). "
-                  "Write the body of your function and run this cell again.")
+        try:
+            got = attempt(fn, args, f"{name}: case {k}/{len(cases)} {call}", expected)
+        except NotSolved:
+            not_solved(name, call)
             return
         exp_items = expected if isinstance(expected, tuple) else (expected,)
         got_items = got if isinstance(got, tuple) else (got,)
