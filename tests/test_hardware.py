@@ -85,8 +85,8 @@ def _hw(**kw):
         (dict(peak_flops={}), "peak_flops"),
         (dict(peak_flops={"bf17": 1e12}), "bf17"),
         (dict(peak_flops={"bf16": -1.0}), r"peak_flops\['bf16'\]"),
-        (dict(memory_bandwidth=0), "memory_bandwidth=0"),
-        (dict(memory_bytes=-5), "memory_bytes=-5"),
+        (dict(memory_bandwidth=0), "memory_bandwidth: expected a number > 0, got 0"),
+        (dict(memory_bytes=-5), "memory_bytes: expected a number > 0, got -5"),
         (dict(source=""), "source"),
     ],
 )

@@ -34,6 +34,16 @@ CONFIGS: dict[str, dict] = {
                           num_key_value_heads=8, intermediate_size=28672),
     "Llama-3.1-405B": dict(**_LLAMA31, hidden_size=16384, num_hidden_layers=126, num_attention_heads=128,
                            num_key_value_heads=8, intermediate_size=53248),
+    # Mixtures of experts: all experts in memory, a few per token.
+    "Mixtral-8x7B": dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+                         num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=32768,
+                         tie_word_embeddings=False),
+    "Qwen3-30B-A3B": dict(model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=48,
+                          num_attention_heads=32, num_key_value_heads=4, head_dim=128, intermediate_size=6144,
+                          moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                          decoder_sparse_step=1, mlp_only_layers=[], max_position_embeddings=40960,
+                          tie_word_embeddings=False),
 }
 
 

@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from tutx._validate import check_number, check_positive, check_str
+
 #: Dtypes a peak rate may be given for ("tf32" is a tensor-core math mode for fp32 data).
 COMPUTE_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 
@@ -35,9 +37,10 @@ class Hardware:
     source: str  # where the numbers come from
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name={self.name!r}: expected a non-empty string")
-        if not isinstance(self.peak_flops, Mapping) or not self.peak_flops:
+        check_str("name", self.name)
+        if not isinstance(self.peak_flops, Mapping):
+            raise TypeError(f"peak_flops: expected a dict of FLOP/s by dtype, got {type(self.peak_flops).__name__}")
+        if not self.peak_flops:
             raise ValueError(
                 f"peak_flops={self.peak_flops!r}: expected a non-empty dict of FLOP/s by dtype"
             )
@@ -46,11 +49,10 @@ class Hardware:
                 raise ValueError(
                     f"peak_flops key {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}"
                 )
-            _check_positive(f"peak_flops[{dtype!r}]", rate)
-        _check_positive("memory_bandwidth", self.memory_bandwidth)
-        _check_positive("memory_bytes", self.memory_bytes)
-        if not isinstance(self.source, str) or not self.source:
-            raise ValueError(f"source={self.source!r}: expected the datasheet's URL or title")
+            check_positive(f"peak_flops[{dtype!r}]", rate)
+        check_positive("memory_bandwidth", self.memory_bandwidth)
+        check_positive("memory_bytes", self.memory_bytes)
+        check_str("source", self.source)  # the datasheet's URL or title
         # Read-only copy, so the frozen dataclass really is frozen.
         object.__setattr__(self, "peak_flops", MappingProxyType(dict(self.peak_flops)))
 
@@ -74,8 +76,7 @@ class Hardware:
         """
         peak = self.peak(dtype)
         if isinstance(intensity, (int, float)) and not isinstance(intensity, bool):
-            if not intensity >= 0:
-                raise ValueError(f"intensity={intensity!r}: expected FLOP/byte >= 0")
+            check_number("intensity", intensity, minimum=0)  # FLOP/byte
             return min(peak, intensity * self.memory_bandwidth)
         arr = np.asarray(intensity, dtype=float)
         if arr.size and (np.isnan(arr).any() or arr.min() < 0):
@@ -88,11 +89,6 @@ class Hardware:
             f"Hardware({self.name!r}, {top} {self.peak_flops[top] / T:g} TFLOP/s, "
             f"{self.memory_bandwidth / G:g} GB/s, {self.memory_bytes / G:g} GB)"
         )
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r}: expected a positive number")
 
 
 _NV = "https://www.nvidia.com/content/dam/en-zz/Solutions"

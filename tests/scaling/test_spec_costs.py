@@ -1,4 +1,5 @@
-"""Calculators agree with transformers to the parameter, and with the papers' formulas."""
+"""The calculators agree with the papers' formulas (and with transformers to the parameter);
+every family is checked in test_model_families.py."""
 import pytest
 import torch
 from transformers import (
@@ -92,7 +93,7 @@ def test_weight_bytes_by_dtype():
     assert spec.weight_bytes("bf16") == 2 * 8_030_261_248
     assert spec.weight_bytes("fp32") == spec.weight_bytes("tf32") == 4 * 8_030_261_248
     assert spec.weight_bytes("int4") == spec.weight_bytes("int8") / 2 == spec.weight_bytes("fp8") / 2
-    with pytest.raises(ValueError, match=r"dtype='fp12'.*fp32.*int4"):
+    with pytest.raises(ValueError, match=r"dtype: expected one of .*fp32.*int4.*got 'fp12'"):
         spec.weight_bytes("fp12")
     with pytest.raises(TypeError, match="dtype"):
         dtype_bytes(torch.bfloat16)
@@ -107,7 +108,7 @@ def test_kv_cache_of_llama3_8b_is_128_kib_per_token():
     assert ModelSpec.from_config(LLAMA2_7B).kv_cache_bytes_per_token() == 512 * 1024
     with pytest.raises(ValueError, match="encoder"):
         ModelSpec.from_config(BERT).kv_cache_bytes_per_token()
-    with pytest.raises(ValueError, match="batch=0"):
+    with pytest.raises(ValueError, match="batch: expected an int >= 1, got 0"):
         spec.kv_cache_bytes(0, 10)
 
 
@@ -169,7 +170,7 @@ def test_decode_ceiling_of_llama31_8b_on_h100_is_about_223_tokens_per_s():
         decode_ceiling(spec, "H100-SXM", "int4")
     with pytest.raises(ValueError, match="B200"):
         decode_ceiling(spec, "B200")
-    with pytest.raises(ValueError, match="batch=0"):
+    with pytest.raises(ValueError, match="batch: expected an int >= 1, got 0"):
         decode_ceiling(spec, "H100-SXM", batch=0)
     with pytest.raises(TypeError, match="spec"):
         decode_ceiling(LLAMA3_8B, "H100-SXM")
@@ -191,9 +192,9 @@ def test_cost_per_million_tokens():
     assert cost_per_million_tokens(1000, 3.6) == pytest.approx(1.0)
     assert cost_per_million_tokens(223, 0) == 0
     assert memory_bound_tokens_per_s(1e9, 3e12) == 3000
-    with pytest.raises(ValueError, match="tokens_per_s=0"):
+    with pytest.raises(ValueError, match="tokens_per_s: expected a number > 0, got 0"):
         cost_per_million_tokens(0, 2.0)
-    with pytest.raises(ValueError, match="dollars_per_hour=-1"):
+    with pytest.raises(ValueError, match="dollars_per_hour: expected a number >= 0, got -1"):
         cost_per_million_tokens(100, -1)
     with pytest.raises(ValueError, match="bandwidth_bytes_per_s"):
         memory_bound_tokens_per_s(1e9, 0)
@@ -211,12 +212,11 @@ def _llama(**changes):
     [
         (_llama(num_hidden_layers=...), "missing the required field 'num_hidden_layers'"),
         (_llama(model_type=...), "'model_type'"),
-        (_llama(model_type="t5"), r"model_type='t5'.*llama.*gpt2.*bert"),
-        (_llama(hidden_size=0), "hidden_size=0"),
-        (_llama(intermediate_size=-5), "intermediate_size=-5"),
+        (_llama(model_type="t5"), r"model_type='t5'.*encoder-decoder"),
+        (_llama(hidden_size=0), "hidden_size: expected an int >= 1, got 0"),
+        (_llama(intermediate_size=-5), "intermediate_size: expected an int >= 1, got -5"),
         (_llama(num_key_value_heads=5), r"num_kv_heads=5.*num_heads=32"),
         (_llama(hidden_size=4000, num_attention_heads=48), r"hidden_size=4000.*multiple"),
-        (_llama(vocab_size=3.5), "vocab_size=3.5"),
         ({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257},
          "'n_positions'"),
     ],
@@ -229,3 +229,33 @@ def test_bad_configs_name_the_field(cfg, match):
 def test_config_must_be_a_config_or_dict():
     with pytest.raises(TypeError, match="config"):
         ModelSpec.from_config(["llama"])
+    with pytest.raises(TypeError, match=r"vocab_size: expected an int, got 3.5"):
+        ModelSpec.from_config(_llama(vocab_size=3.5))
+    with pytest.raises(TypeError, match="training: expected a bool"):
+        ModelSpec.from_config(GPT2).flops_per_token(10, training="yes")
+
+
+MIXTRAL = dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+               num_local_experts=8, num_experts_per_tok=2)
+
+
+def test_moe_memory_holds_every_expert_but_decode_reads_the_routed_ones():
+    spec = ModelSpec.from_config(MIXTRAL, name="Mixtral-8x7B")
+    per_expert = 3 * 4096 * 14336
+    assert spec.n_params - spec.active_params == 32 * 6 * per_expert
+    assert spec.weight_bytes("bf16") == 2 * spec.n_params  # 93 GB: every expert is resident
+    # batch 1: a step reads the two routed experts of each layer, so the ceiling follows ~12.9B
+    dense_like = ModelSpec.from_config(LLAMA3_8B)
+    one = decode_ceiling(spec, "H100-SXM", "bf16", batch=1)
+    assert one == pytest.approx(3.35e12 / (2 * spec.decode_weight_params))
+    assert one < decode_ceiling(dense_like, "H100-SXM", "bf16", batch=1)
+    # batch 64 touches nearly all 8 experts: bytes per step approach the total weights
+    step = spec.decode_bytes_per_step("bf16", batch=64)
+    assert 2 * (spec.decode_weight_params + 32 * 5.99 * per_expert) < step <= 2 * (
+        spec.decode_weight_params + 32 * 6 * per_expert)
+    b = memory_bound_batch(spec, "H100-SXM")
+    assert spec.decode_intensity("bf16", b) >= HARDWARE["H100-SXM"].ridge_point("bf16")
+    assert spec.decode_intensity("bf16", b - 1) < HARDWARE["H100-SXM"].ridge_point("bf16")
+    assert spec.flops_per_token(0) == 2 * spec.active_non_embedding_params
+    assert "MoE 8 experts, 2 active (12.88B active params)" in spec.summary()
