@@ -18,5 +18,5 @@ def test_peak_memory_sees_a_large_temporary():
 def test_peak_memory_checks_its_arguments():
     with pytest.raises(TypeError, match="fn: expected a callable"):
         peak_memory(3)
-    with pytest.raises(ValueError, match="interval: expected seconds > 0"):
+    with pytest.raises(ValueError, match="interval: expected a number > 0, got 0"):
         peak_memory(lambda: 0, interval=0)

