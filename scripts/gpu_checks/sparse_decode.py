@@ -15,7 +15,7 @@ import torch
 
 from tutx.bench import run_steps, timeit
 from tutx.kernels.decode import decode_attention, decode_attention_ref
-from tutx.kernels.sparse_attention import sliding_window_attention, sliding_window_attention_ref
+from tutx.kernels.sliding_window import sliding_window_attention, sliding_window_attention_ref
 
 _spec = importlib.util.spec_from_file_location("gpu_checks_attention", Path(__file__).with_name("attention.py"))
 _attention = importlib.util.module_from_spec(_spec)

@@ -176,3 +176,15 @@ def test_gpu_fp32_generation_matches_hf(monkeypatch):
     model = TutxLlama.from_hf(hf)
     ids = ids_of(tok, PROMPTS[2]).cuda()
     assert model.generate(ids, 40, eos_token_id=0).tolist() == hf_generate(hf, ids, 40).tolist()
+
+
+def test_hf_call_view_scores_like_the_hf_model():
+    from tutx.models import perplexity
+
+    hf, tok = load_tiny()
+    ours = TutxLlama.from_hf(hf)
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\n" * 4
+    view = ours.as_hf()
+    assert torch.equal(view(input_ids=tok(text, return_tensors="pt").input_ids).logits,
+                       ours(tok(text, return_tensors="pt").input_ids))
+    assert abs(perplexity(view, tok, text, window=32, stride=32) - perplexity(hf, tok, text, window=32, stride=32)) < 1e-3

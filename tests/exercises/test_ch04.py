@@ -7,11 +7,22 @@ from tutx.exercises import ch04
 
 
 def softmax_step_right(m, l, acc, scores, values):
-    """Written independently of the reference: the new max, then rescale the old sums by exp(m - m_new)."""
+    """Written independently of the reference: the new max, then rescale the old sums by exp(m - m_new);
+    rows still at -inf are left as they are."""
     m_new = torch.max(torch.cat([m[:, None], scores], dim=1), dim=1).values
-    scale = torch.exp(m - m_new)
-    p = torch.exp(scores - m_new[:, None])
+    seen = torch.isfinite(m_new)  # [M]
+    shift = torch.where(seen, m_new, torch.zeros_like(m_new))
+    scale = torch.where(seen, torch.exp(m - shift), torch.zeros_like(m))
+    p = torch.exp(scores - shift[:, None])
     return m_new, scale * l + p.sum(1), scale[:, None] * acc + torch.einsum("mn,nd->md", p, values)
+
+
+def softmax_step_unsafe(m, l, acc, scores, values):
+    """Section 2's update: right for rows that have seen a key, NaN for rows that have not."""
+    m_new = torch.maximum(m, scores.max(dim=1).values)
+    alpha = torch.exp(m - m_new)
+    p = torch.exp(scores - m_new[:, None])
+    return m_new, alpha * l + p.sum(1), alpha[:, None] * acc + p @ values
 
 
 def softmax_step_no_rescale(m, l, acc, scores, values):
@@ -19,6 +30,19 @@ def softmax_step_no_rescale(m, l, acc, scores, values):
     m_new = torch.maximum(m, scores.max(dim=1).values)
     p = torch.exp(scores - m_new[:, None])
     return m_new, l + p.sum(1), acc + p @ values
+
+
+def merge_right(o_parts, lse_parts):
+    """Written independently: shift by the largest LSE, weight, renormalise."""
+    top = lse_parts.max(dim=0).values  # [M]
+    w = torch.exp(lse_parts - top)  # [S, M]
+    total = w.sum(dim=0)  # [M]
+    return torch.einsum("sm,smd->md", w, o_parts) / total[:, None], top + torch.log(total)
+
+
+def merge_mean(o_parts, lse_parts):
+    """Averages the splits, ignoring how many keys (how much mass) each one holds."""
+    return o_parts.mean(dim=0), torch.logsumexp(lse_parts, dim=0)
 
 
 def window_blocks_right(num_q_blocks, num_k_blocks, block, window):
@@ -56,29 +80,48 @@ def test_lazy_module():
 
 def test_correct_solutions_pass(capsys):
     ch04.check_online_softmax_update(softmax_step_right)
+    ch04.check_merge_partials(merge_right)
     ch04.check_window_block_mask(window_blocks_right)
     ch04.check_kv_cache_bytes_gqa(kv_bytes_right)
     out = capsys.readouterr().out
-    assert "✅ check_online_softmax_update: all 5 cases passed" in out
+    assert "✅ check_online_softmax_update: all 6 cases passed" in out
+    assert "✅ check_merge_partials: all 5 cases passed" in out
     assert "✅ check_window_block_mask: all 6 cases passed" in out
     assert "✅ check_kv_cache_bytes_gqa: all 6 cases passed" in out
 
 
+def test_only_checks_are_public():
+    assert all(name.startswith("check_") for name in ch04.__all__)
+    assert set(ch04.CONTRACT) == set(ch04.__all__)
+
+
 def test_online_softmax_steps_compose_to_softmax():
+    update = ch04.CONTRACT["check_online_softmax_update"][0]
     torch.manual_seed(0)
     scores, values = torch.randn(5, 23), torch.randn(23, 4)
+    scores[0, :8] = float("-inf")  # row 0 sees nothing in the first block
     state = (torch.full((5,), float("-inf")), torch.zeros(5), torch.zeros(5, 4))
     for start in range(0, 23, 8):
-        state = ch04.online_softmax_update(*state, scores[:, start:start + 8], values[start:start + 8])
+        state = update(*state, scores[:, start:start + 8], values[start:start + 8])
     m, l, acc = state
     torch.testing.assert_close(acc / l[:, None], torch.softmax(scores, dim=1) @ values)
     torch.testing.assert_close(m, scores.max(dim=1).values)
 
 
-def test_window_block_mask_agrees_with_the_dense_mask():
-    from tutx.kernels.sparse_attention import sliding_window_mask
+def test_merged_partials_are_attention_over_all_keys():
+    merge = ch04.CONTRACT["check_merge_partials"][0]
+    torch.manual_seed(0)
+    scores, values = torch.randn(3, 30, dtype=torch.float64), torch.randn(30, 4, dtype=torch.float64)
+    o_parts, lse_parts = ch04._split_attention(scores, values, [(0, 7), (7, 30), (30, 30)])
+    o, lse = merge(o_parts, lse_parts)
+    torch.testing.assert_close(o, torch.softmax(scores, dim=1) @ values)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=1))
 
-    mask = ch04.window_block_mask(4, 4, 8, 12)
+
+def test_window_block_mask_agrees_with_the_dense_mask():
+    from tutx.kernels.masks import sliding_window_mask
+
+    mask = ch04.CONTRACT["check_window_block_mask"][0](4, 4, 8, 12)
     dense = sliding_window_mask(32, 32, 12)
     for i in range(4):
         for j in range(4):
@@ -88,8 +131,12 @@ def test_window_block_mask_agrees_with_the_dense_mask():
 
 
 def test_wrong_answers_fail_and_name_the_case():
-    with pytest.raises(AssertionError, match=r"check_online_softmax_update: case 2/5 .*output 1.*values differ"):
+    with pytest.raises(AssertionError, match=r"check_online_softmax_update: case 1/6 .*output 1.*values differ"):
         ch04.check_online_softmax_update(softmax_step_no_rescale)
+    with pytest.raises(AssertionError, match=r"check_online_softmax_update: case 1/6 .*output 1"):
+        ch04.check_online_softmax_update(softmax_step_unsafe)  # NaN in the row that saw no key
+    with pytest.raises(AssertionError, match=r"check_merge_partials: case 1/5 .*output 0"):
+        ch04.check_merge_partials(merge_mean)
     with pytest.raises(AssertionError, match=r"check_window_block_mask: case 1/6 fn\(4, 4, 16, 16\): values differ"):
         ch04.check_window_block_mask(window_blocks_causal_only)
     with pytest.raises(AssertionError, match="check_kv_cache_bytes_gqa: case 1/6 .* returned 4294967296, "
@@ -115,23 +162,24 @@ def test_stubs_are_not_solved_yet(capsys):
         raise NotImplementedError
 
     ch04.check_online_softmax_update(empty)
+    ch04.check_merge_partials(lambda o_parts, lse_parts: ...)
     ch04.check_window_block_mask(ellipsis)
     ch04.check_kv_cache_bytes_gqa(not_implemented)
     ch04.check_kv_cache_bytes_gqa(lambda *args: ...)
     out = capsys.readouterr().out
-    assert out.count("not solved yet") == 4 and "✅" not in out
+    assert out.count("not solved yet") == 5 and "✅" not in out
 
 
 def test_learner_exceptions_become_failed_cases():
     def broken(*args):
         raise ZeroDivisionError("oops")
 
-    with pytest.raises(AssertionError, match="case 1/5 .* raised ZeroDivisionError: oops"):
+    with pytest.raises(AssertionError, match="case 1/6 .* raised ZeroDivisionError: oops"):
         ch04.check_online_softmax_update(broken)
 
 
-@pytest.mark.parametrize("check", [ch04.check_online_softmax_update, ch04.check_window_block_mask,
-                                   ch04.check_kv_cache_bytes_gqa])
+@pytest.mark.parametrize("check", [ch04.check_online_softmax_update, ch04.check_merge_partials,
+                                   ch04.check_window_block_mask, ch04.check_kv_cache_bytes_gqa])
 def test_checks_want_a_callable(check):
     with pytest.raises(TypeError, match="expected a function"):
         check(42)

@@ -6,11 +6,13 @@ dims. The ``gpu`` tests run fp16/bf16 at realistic sizes on a CUDA machine.
 """
 import importlib.util
 import pathlib
+import re
 import zlib
 
 import pytest
 import torch
 
+import tutx.kernels.attention as attention_mod
 from tutx.kernels import _attention_common as common
 from tutx.kernels.attention import flash_attention, flash_attention_ref
 
@@ -80,7 +82,7 @@ def test_random_shapes_match_reference(seed):
 
 def test_kernel_path_is_taken_under_the_interpreter():
     q, k, v = make_qkv(1, 2, 1, 9, 9, 32)
-    assert "_FlashAttention" in type(flash_attention(q, k, v).grad_fn).__name__
+    assert "KernelAttention" in type(flash_attention(q, k, v).grad_fn).__name__
 
 
 @pytest.mark.parametrize("d", [16, 48])
@@ -110,7 +112,7 @@ def test_cpu_without_interpreter_runs_the_reference(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v = make_qkv(1, 4, 2, 10, 12, 32)
     out = flash_attention(q, k, v, causal=True)
-    assert "_FlashAttention" not in type(out.grad_fn).__name__
+    assert "KernelAttention" not in type(out.grad_fn).__name__
     assert torch.equal(out, flash_attention_ref(q, k, v, causal=True))
 
 
@@ -121,22 +123,33 @@ def test_sdpa_backend_has_the_same_semantics(causal):
                                flash_attention_ref(q, k, v, causal=causal), atol=1e-5, rtol=0)
 
 
-def _flash_attn_installed():
-    return importlib.util.find_spec("flash_attn") is not None
+def test_auto_backend_takes_the_kernel_where_it_runs_and_sdpa_elsewhere(monkeypatch):
+    q, k, v = make_qkv(1, 4, 2, 9, 13, 32, grad=False)
+    calls = []
+    monkeypatch.setattr(attention_mod, "_sdpa", lambda *a: calls.append("sdpa") or attention_mod.flash_attention_ref(*a))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU without the interpreter: SDPA
+    flash_attention(q, k, v, causal=True, backend="auto")
+    assert calls == ["sdpa"]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs the kernel
+    torch.testing.assert_close(flash_attention(q, k, v, causal=True, backend="auto"),
+                               flash_attention_ref(q, k, v, causal=True), atol=1e-5, rtol=0)
+    assert calls == ["sdpa"]
 
 
-@pytest.mark.skipif(_flash_attn_installed(), reason="flash-attn is installed")
-def test_flash_attn_backend_says_how_to_install_it():
-    q, k, v = make_qkv(1, 2, 2, 8, 8, 32, grad=False)
-    with pytest.raises(ImportError, match=r"tutx\[flash\]"):
-        flash_attention(q, k, v, backend="flash_attn")
+def test_reference_takes_a_mask():
+    from tutx.kernels.masks import causal_mask
 
-
-@pytest.mark.skipif(not _flash_attn_installed(), reason="flash-attn is not installed")
-def test_flash_attn_backend_refuses_cpu_tensors():
-    q, k, v = make_qkv(1, 2, 2, 8, 8, 32, grad=False)
-    with pytest.raises(ValueError, match="CUDA"):
-        flash_attention(q, k, v, backend="flash_attn")
+    q, k, v = make_qkv(1, 2, 1, 7, 11, 32, grad=False)
+    keep = torch.rand(7, 11, generator=torch.Generator().manual_seed(0)) < 0.5
+    keep[:, -1] = True  # every query keeps a key
+    out = flash_attention_ref(q, k, v, mask=keep)
+    scores = (q @ k.transpose(-2, -1)) / 32 ** 0.5  # [1, 2, 7, 11]
+    expected = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert torch.equal(flash_attention_ref(q, k, v, causal=True),
+                       flash_attention_ref(q, k, v, mask=causal_mask(7, 11)))
+    with pytest.raises(ValueError, match=r"mask: expected None or a bool tensor of shape \(7, 11\)"):
+        flash_attention_ref(q, k, v, mask=keep[:, :5])
 
 
 def _bad(**changes):
@@ -164,16 +177,17 @@ BAD_INPUTS = [
     (dict(q=lambda a: a["q"].repeat(1, 1, 1, 5), k=lambda a: a["k"].repeat(1, 1, 1, 5),
           v=lambda a: a["v"].repeat(1, 1, 1, 5)), ValueError, "head_dim: expected at most 128"),
     (dict(causal=1), TypeError, "causal: expected a bool"),
-    (dict(sm_scale="0.1"), TypeError, "sm_scale: expected a positive float"),
-    (dict(sm_scale=-1.0), ValueError, "sm_scale: expected a positive finite float"),
-    (dict(sm_scale=float("nan")), ValueError, "sm_scale: expected a positive finite float"),
-    (dict(backend="xformers"), ValueError, "backend: expected one of"),
+    (dict(sm_scale="0.1"), TypeError, "sm_scale: expected a number"),
+    (dict(sm_scale=-1.0), ValueError, "sm_scale: expected a number > 0"),
+    (dict(sm_scale=float("nan")), ValueError, "sm_scale: expected a finite number"),
+    (dict(backend="xformers"), ValueError, "backend: expected one of ('auto', 'triton', 'sdpa')"),
+    (dict(backend="flash_attn"), ValueError, "backend: expected one of"),
 ]
 
 
 @pytest.mark.parametrize("changes,error,message", BAD_INPUTS)
 def test_bad_input_gets_a_clear_error(changes, error, message):
-    with pytest.raises(error, match=message.replace("[", r"\[")):
+    with pytest.raises(error, match=re.escape(message)):
         flash_attention(**_bad(**changes))
 
 
@@ -214,7 +228,7 @@ def test_gpu_check_shapes_and_flop_convention():
     shapes = check.bench_shapes(128)
     assert shapes == [(16, 16, 1024, 128), (4, 16, 4096, 128), (1, 16, 16384, 128)]
     assert all(b * s == 16384 and h * d == 2048 for b, h, s, d in check.bench_shapes(64))
-    from tutx.kernels.sparse_attention import sliding_window_mask
+    from tutx.kernels.masks import sliding_window_mask
 
     sparse = _load_gpu_check("sparse_decode")
     for s, w in [(50, 7), (10, 30), (300, 64)]:  # FLOPs of the sliding window = pairs of its mask

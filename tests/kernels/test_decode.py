@@ -110,10 +110,11 @@ BAD_INPUTS = [
     (dict(lengths=torch.tensor([0, 4], dtype=torch.int32)), ValueError,
      r"lengths: expected values in \[1, S_max=16\], got min 0"),
     (dict(lengths=torch.tensor([4, 17], dtype=torch.int32)), ValueError, "got min 4, max 17"),
-    (dict(num_splits=0), ValueError, "num_splits: expected None or an int"),
+    (dict(num_splits=0), ValueError, "num_splits: expected an int >= 1"),
     (dict(num_splits=decode.MAX_SPLITS + 1), ValueError, "num_splits"),
-    (dict(num_splits=2.0), ValueError, "num_splits"),
-    (dict(sm_scale=0.0), ValueError, "sm_scale: expected a positive finite float"),
+    (dict(num_splits=2.0), TypeError, "num_splits: expected an int"),
+    (dict(validate_lengths=1), TypeError, "validate_lengths: expected a bool"),
+    (dict(sm_scale=0.0), ValueError, "sm_scale: expected a number > 0"),
 ]
 
 

@@ -9,28 +9,21 @@ kernels map query head ``h`` to KV head ``h // group`` instead of copying K and 
   the end of the keys, so a chunk appended after cached tokens (chunked prefill) is exact;
 - decode (one new token): :func:`tutx.kernels.decode.decode_attention` over the cache.
 
-Both launch Triton on CUDA fp16/bf16 tensors and run their PyTorch reference on the CPU. The
-kernels take no fp32 on CUDA, so there fp32 goes to PyTorch (SDPA / the decode reference).
+Both launch Triton where the kernels run (CUDA fp16, or bf16 on sm_80+; the interpreter in the
+tests). Elsewhere prefill runs PyTorch's SDPA (``backend="auto"``) and decode its PyTorch
+reference: on a CPU, and for fp32 on CUDA, which the kernels refuse.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from tutx._validate import check_int, check_positive_int
 from tutx.attention.kv_cache import KVCache
 from tutx.attention.rope import RotaryEmbedding, apply_rope
+from tutx.kernels._attention_common import kernel_takes
 from tutx.kernels.attention import flash_attention
 from tutx.kernels.decode import decode_attention, decode_attention_ref
-
-
-def _check_pos_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-
-
-def _kernels_take(x: torch.Tensor) -> bool:
-    """The Triton kernels refuse fp32 on CUDA (they are written for fp16/bf16 tensor cores)."""
-    return not (x.is_cuda and x.dtype == torch.float32)
 
 
 class GQAAttention(nn.Module):
@@ -41,7 +34,7 @@ class GQAAttention(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads),
                             ("num_kv_heads", num_kv_heads)):
-            _check_pos_int(name, value)
+            check_positive_int(name, value)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads: expected a divisor of num_heads={num_heads} "
                              f"(each KV head serves a group of query heads), got {num_kv_heads}")
@@ -50,9 +43,8 @@ class GQAAttention(nn.Module):
                 raise ValueError(f"head_dim: None needs hidden_size={hidden_size} divisible by "
                                  f"num_heads={num_heads}; pass head_dim")
             head_dim = hidden_size // num_heads
-        _check_pos_int("head_dim", head_dim)
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0:
-            raise ValueError(f"layer_idx: expected an int >= 0, got {layer_idx!r}")
+        check_positive_int("head_dim", head_dim)
+        check_int("layer_idx", layer_idx, minimum=0)
         self.hidden_size, self.num_heads, self.num_kv_heads = hidden_size, num_heads, num_kv_heads
         self.head_dim, self.layer_idx = head_dim, layer_idx
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
@@ -106,7 +98,7 @@ class GQAAttention(nn.Module):
         end = cache.seq_len + q.shape[2]  # cached positions once the new ones are in
         keys, values, lengths = cache.append(self.layer_idx, k, v)  # [B, Hkv, S_max, D] x2, [B]
         if q.shape[2] == 1:  # decode: one query per sequence against its cache
-            if _kernels_take(q):  # the cache keeps its lengths in range itself: no per-layer host sync
+            if kernel_takes(q):  # the cache keeps its lengths in range itself: no per-layer host sync
                 return decode_attention(q[:, :, 0], keys, values, lengths, validate_lengths=False)[:, :, None]
             return decode_attention_ref(q[:, :, 0], keys, values, lengths)[:, :, None]  # [B, Hq, 1, D]
         return _prefill(q, keys[:, :, :end], values[:, :, :end])  # causal, aligned to the end
@@ -117,7 +109,7 @@ class GQAAttention(nn.Module):
 
 
 def _prefill(q, k, v):
-    return flash_attention(q, k, v, causal=True, backend="triton" if _kernels_take(q) else "sdpa")
+    return flash_attention(q, k, v, causal=True, backend="auto")  # our kernel where it runs, else SDPA
 
 
 def pool_kv_heads(weight: torch.Tensor, num_kv_heads: int, new_kv_heads: int) -> torch.Tensor:
@@ -130,7 +122,7 @@ def pool_kv_heads(weight: torch.Tensor, num_kv_heads: int, new_kv_heads: int) ->
     if not isinstance(weight, torch.Tensor) or weight.ndim not in (1, 2):
         raise TypeError(f"weight: expected a tensor [Hkv*D, hidden] or [Hkv*D], got {weight!r:.60}")
     for name, value in (("num_kv_heads", num_kv_heads), ("new_kv_heads", new_kv_heads)):
-        _check_pos_int(name, value)
+        check_positive_int(name, value)
     if weight.shape[0] % num_kv_heads:
         raise ValueError(f"weight: expected a first dimension divisible by num_kv_heads={num_kv_heads}, "
                          f"got shape {tuple(weight.shape)}")
@@ -150,7 +142,7 @@ def convert_kv_heads_(attn: GQAAttention, new_kv_heads: int) -> GQAAttention:
     """Give ``attn`` ``new_kv_heads`` KV heads in place (new k/v projections via :func:`pool_kv_heads`)."""
     if not isinstance(attn, GQAAttention):
         raise TypeError(f"attn: expected a GQAAttention, got {type(attn).__name__}")
-    _check_pos_int("new_kv_heads", new_kv_heads)
+    check_positive_int("new_kv_heads", new_kv_heads)
     if attn.num_heads % new_kv_heads:
         raise ValueError(f"new_kv_heads: expected a divisor of num_heads={attn.num_heads}, got {new_kv_heads}")
     for name in ("k_proj", "v_proj"):

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _check_pos_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+from tutx._validate import check_int, check_positive_int
 
 
 def _human_bytes(n: int) -> str:
@@ -35,7 +32,7 @@ class KVCache:
                  dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
         for name, value in (("num_layers", num_layers), ("batch", batch), ("num_kv_heads", num_kv_heads),
                             ("max_seq_len", max_seq_len), ("head_dim", head_dim)):
-            _check_pos_int(name, value)
+            check_positive_int(name, value)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
         self.num_layers, self.batch, self.num_kv_heads = num_layers, batch, num_kv_heads
@@ -93,8 +90,7 @@ class KVCache:
         return self.keys[layer], self.values[layer], lengths
 
     def _check_append(self, layer: int, k, v) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
-            raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
+        check_int("layer", layer, minimum=0, maximum=self.num_layers - 1)
         if layer != self._next_layer:
             raise ValueError(f"layer: expected layer {self._next_layer} (layers append in order 0..L-1 "
                              f"each step; call reset() after an interrupted step), got {layer}")

@@ -7,9 +7,12 @@ token for token and a change to one model's weights (say, quantization) is seen 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
+from tutx._validate import check_positive_int
 from tutx.attention.gqa import GQAAttention, convert_kv_heads_
 from tutx.attention.kv_cache import KVCache
 
@@ -91,8 +94,7 @@ class TutxLlama(nn.Module):
         produced ``eos_token_id`` continues with ``pad_token_id`` (default: the eos id) and
         generation stops early once every sequence has finished.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+        check_positive_int("max_new_tokens", max_new_tokens)
         _check_ids(input_ids)
         batch, prompt_len = input_ids.shape
         cache = self.new_cache(batch, prompt_len + max_new_tokens)
@@ -110,6 +112,11 @@ class TutxLlama(nn.Module):
             logits = self.forward(out[-1], cache)[:, -1]  # decode one token
         return torch.cat(out, dim=1)
 
+    def as_hf(self) -> "HFCallView":
+        """This model behind Hugging Face's calling convention, ``view(input_ids=ids).logits``, for
+        tools written for HF causal LMs (e.g. :func:`tutx.models.heldout_perplexity`)."""
+        return HFCallView(self)
+
     def convert_kv_heads_(self, new_kv_heads: int) -> "TutxLlama":
         """Every layer to ``new_kv_heads`` KV heads (MQA: 1, MHA: num_heads); see ``pool_kv_heads``."""
         for layer in self.layers:
@@ -117,4 +124,15 @@ class TutxLlama(nn.Module):
         return self
 
 
-__all__ = ["TutxLlama", "LlamaBlock"]
+class HFCallView(nn.Module):
+    """A :class:`TutxLlama` called like an HF model: keyword ``input_ids``, output with ``.logits``."""
+
+    def __init__(self, model: TutxLlama):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, input_ids: torch.Tensor, **unused):
+        return SimpleNamespace(logits=self.model(input_ids))  # [B, S, vocab]
+
+
+__all__ = ["TutxLlama", "LlamaBlock", "HFCallView"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tutx._validate import check_number, check_positive_int
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``[x1, x2] -> [-x2, x1]`` on the last dimension (the "half-split" pairing HF Llama uses)."""
@@ -28,10 +30,10 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, rope_theta: float = 10000.0):
         super().__init__()
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
-            raise ValueError(f"head_dim: expected a positive even int, got {head_dim!r}")
-        if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or not rope_theta > 1:
-            raise ValueError(f"rope_theta: expected a number > 1, got {rope_theta!r}")
+        check_positive_int("head_dim", head_dim)
+        if head_dim % 2:
+            raise ValueError(f"head_dim: expected an even int (RoPE rotates pairs of dims), got {head_dim}")
+        check_number("rope_theta", rope_theta, minimum=1, strict_min=True)
         self.head_dim, self.rope_theta = head_dim, float(rope_theta)
         inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2]

@@ -1,16 +1,18 @@
 """Input checks and small helpers shared by the attention kernels (dense, decode, sliding window).
 
 Every check raises a ``TypeError`` / ``ValueError`` that names the argument, the value it got and
-what was expected (DESIGN.md, *Errors*), so the wrappers stay short and behave alike.
+what was expected (CONTRIBUTING.md, *Errors*), so the wrappers stay short and behave alike. The
+autograd glue and the head-dim padding that the dense and sliding-window wrappers share are here too.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import triton
 
+from tutx._validate import check_bool, check_positive
 from tutx.kernels._dispatch import interpreter_enabled
+from tutx.kernels._triton import triton
 
 LOG2E = 1.4426950408889634  # log2(e): softmax in base 2, exp(x) == exp2(x * LOG2E)
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the tile widths the dense kernels are compiled for
@@ -61,6 +63,13 @@ def check_kernel_dtype(dtype: torch.dtype, device_type: str, capability: tuple[i
                         f"{capability[0]}.{capability[1]}; use float16 instead")
 
 
+def kernel_takes(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x``'s dtype on its device: what :func:`check_kernel_dtype` accepts."""
+    if x.device.type != "cuda":
+        return True
+    return x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and cuda_capability(x) >= (8, 0))
+
+
 def cuda_capability(x: torch.Tensor) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(x.device) if x.device.type == "cuda" else None
 
@@ -69,11 +78,7 @@ def resolve_scale(sm_scale, head_dim: int) -> float:
     """The softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
     if sm_scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale: expected a positive float or None, got {type(sm_scale).__name__}")
-    if not math.isfinite(sm_scale) or sm_scale <= 0:
-        raise ValueError(f"sm_scale: expected a positive finite float, got {sm_scale!r}")
-    return float(sm_scale)
+    return float(check_positive("sm_scale", sm_scale))
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -90,8 +95,7 @@ def check_qkv(q, k, v, causal: bool) -> None:
     check_tensor("q", q, 4, "[B, Hq, S_q, D]")
     check_tensor("k", k, 4, "[B, Hkv, S_k, D]")
     check_tensor("v", v, 4, "[B, Hkv, S_k, D]")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    check_bool("causal", causal)
     check_float_dtypes(q=q, k=k, v=v)
     check_same_device(q=q, k=k, v=v)
     if v.shape != k.shape:
@@ -147,3 +151,42 @@ def head_dim_pruner(table: dict, m_name: str, n_name: str):
         return kept or configs
 
     return prune
+
+
+class KernelAttention(torch.autograd.Function):
+    """Autograd glue shared by the attention kernels.
+
+    ``forward(q, k, v, *args) -> (o, lse)`` launches a forward kernel that also saves the base-2
+    log-sum-exp of each row; ``backward(q, k, v, o, lse, do, *args) -> (dq, dk, dv)`` recomputes the
+    probabilities blockwise from it.
+    """
+
+    @staticmethod
+    def forward(ctx, forward, backward, q, k, v, *args):
+        o, lse = forward(q, k, v, *args)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.backward_fn, ctx.args = backward, args
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.backward_fn(q, k, v, o, lse, last_dim_contiguous(do), *ctx.args)
+        return None, None, dq, dk, dv, *(None for _ in ctx.args)
+
+
+def run_attention_kernel(forward, backward, q, k, v, *args) -> torch.Tensor:
+    """Launch ``forward`` through :class:`KernelAttention` on (q, k, v) shaped for the kernels.
+
+    Refuses dtypes the GPU kernels do not take, zero-pads a head dim that is not one of
+    :data:`SUPPORTED_HEAD_DIMS` (autograd sees the pad and the slice, so gradients are trimmed too)
+    and makes the head dim contiguous.
+    """
+    check_kernel_dtype(q.dtype, q.device.type, cuda_capability(q))
+    d = q.shape[-1]
+    d_pad = padded_head_dim(d)
+    if d_pad != d:
+        q, k, v = (torch.nn.functional.pad(x, (0, d_pad - d)) for x in (q, k, v))
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    o = KernelAttention.apply(forward, backward, q, k, v, *args)  # [B, Hq, S_q, d_pad]
+    return o[..., :d] if d_pad != d else o

@@ -5,7 +5,9 @@ each program owns a block of queries, streams the keys and values in blocks, and
 running max ``m``, a running sum ``l`` and an unnormalised output (the *online softmax*).
 Scores are kept in base 2 (``exp2`` with ``sm_scale * log2(e)`` folded into one multiply), and
 the log-sum-exp of each row is saved so the backward pass (``attention_bwd.py``) can recompute
-the probabilities instead of storing them.
+the probabilities instead of storing them. The exp2 trick and the split of the key loop into an
+unmasked and a masked stage follow Triton's fused-attention tutorial
+(https://triton-lang.org/main/getting-started/tutorials/06-fused-attention.html).
 
 Layouts: q ``[B, Hq, S_q, D]``, k and v ``[B, Hkv, S_k, D]`` with ``Hq % Hkv == 0``. Query head
 ``h`` reads key/value head ``h // (Hq // Hkv)`` (GQA; MQA when ``Hkv == 1``) — K and V are never
@@ -15,25 +17,24 @@ which is what a chunk of new queries appended to a cache needs (chunked prefill)
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx._validate import check_choice
 from tutx.kernels._attention_common import (
     LOG2E,
     autotune_configs,
-    check_kernel_dtype,
     check_qkv,
-    cuda_capability,
     head_dim_pruner,
-    last_dim_contiguous,
-    padded_head_dim,
+    kernel_takes,
     resolve_scale,
+    run_attention_kernel,
     seq_bucket,
 )
 from tutx.kernels._dispatch import use_triton
+from tutx.kernels._triton import tl, triton
 from tutx.kernels.attention_bwd import flash_attention_backward
+from tutx.kernels.masks import causal_mask
 
-BACKENDS = ("triton", "sdpa", "flash_attn")
+BACKENDS = ("auto", "triton", "sdpa")
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). The big tiles are for A100/H100; the last entry of
 # each row fits a T4 (sm_75 needs more shared memory per tile: D=128 at 64x32 takes 48 KB of its
@@ -45,9 +46,9 @@ _FWD_CONFIGS = {
 
 
 @triton.jit
-def _fwd_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, S_k, diag, qk_scale,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+def online_softmax_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, offs_m, S_k, diag, qk_scale,
+                         MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
     """Online-softmax update over key blocks ``[lo, hi)``; ``MASKED`` applies bounds and causality."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -116,11 +117,11 @@ def flash_attention_kernel(Q, K, V, O, LSE, qk_scale,
         hi = S_k
     hi_full = (hi_full // BLOCK_N) * BLOCK_N
     # Stage 1: whole key blocks every query may see — no masks in the inner loop.
-    acc, l_i, m_i = _fwd_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, 0, hi_full, offs_m,
-                               S_k, diag, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
+    acc, l_i, m_i = online_softmax_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, 0, hi_full, offs_m,
+                                         S_k, diag, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
     # Stage 2: the blocks on the diagonal and the ragged tail of the keys.
-    acc, l_i, m_i = _fwd_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, hi_full, hi, offs_m,
-                               S_k, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
+    acc, l_i, m_i = online_softmax_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, hi_full, hi, offs_m,
+                                         S_k, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
 
     acc = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
@@ -141,24 +142,6 @@ def flash_attention_forward(q, k, v, causal: bool, sm_scale: float):
     return o, lse
 
 
-class _FlashAttention(torch.autograd.Function):
-    """Forward saves (q, k, v, o, lse); backward recomputes probabilities blockwise from the LSE."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
-        o, lse = flash_attention_forward(q, k, v, causal, sm_scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.sm_scale = causal, sm_scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = flash_attention_backward(q, k, v, o, lse, last_dim_contiguous(do),
-                                              ctx.causal, ctx.sm_scale)
-        return dq, dk, dv, None, None
-
-
 def flash_attention(q, k, v, causal: bool = False, sm_scale: float | None = None,
                     backend: str = "triton") -> torch.Tensor:
     """Exact attention, ``[B, Hq, S_q, D]`` out, differentiable in q, k and v.
@@ -166,50 +149,52 @@ def flash_attention(q, k, v, causal: bool = False, sm_scale: float | None = None
     ``backend="triton"`` runs our kernel on CUDA tensors (fp16/bf16) or, under
     ``TRITON_INTERPRET=1``, on CPU tensors (fp32 too); elsewhere it runs
     :func:`flash_attention_ref`. Head dims below 128 that are not 32/64 are zero-padded to the next
-    of (32, 64, 128). ``"sdpa"`` calls PyTorch's ``scaled_dot_product_attention`` and
-    ``"flash_attn"`` the ``flash-attn`` package — same semantics, for comparison.
+    of (32, 64, 128). ``"sdpa"`` calls PyTorch's ``scaled_dot_product_attention`` (same semantics,
+    for comparison); ``"auto"`` takes our kernel where it runs (CUDA fp16, or bf16 on sm_80+; the
+    interpreter) and SDPA everywhere else (CPU, fp32 on CUDA).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     check_qkv(q, k, v, causal)
     sm_scale = resolve_scale(sm_scale, q.shape[-1])
+    if backend == "auto":
+        backend = "triton" if use_triton(q, k, v) and kernel_takes(q) else "sdpa"
     if backend == "sdpa":
         return _sdpa(q, k, v, causal, sm_scale)
-    if backend == "flash_attn":
-        return _flash_attn(q, k, v, causal, sm_scale)
     if not use_triton(q, k, v):
         return flash_attention_ref(q, k, v, causal, sm_scale)
-    check_kernel_dtype(q.dtype, q.device.type, cuda_capability(q))
-    d = q.shape[-1]
-    d_pad = padded_head_dim(d)
-    if d_pad != d:  # autograd sees the pad and the slice, so gradients are trimmed too
-        q, k, v = (torch.nn.functional.pad(x, (0, d_pad - d)) for x in (q, k, v))
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
-    o = _FlashAttention.apply(q, k, v, causal, sm_scale)  # [B, Hq, S_q, d_pad]
-    return o[..., :d] if d_pad != d else o
+    return run_attention_kernel(flash_attention_forward, flash_attention_backward, q, k, v, causal, sm_scale)
 
 
-def flash_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None) -> torch.Tensor:
-    """Plain PyTorch attention in fp32 (materialises the ``[S_q, S_k]`` scores): the ground truth."""
+def flash_attention_ref(q, k, v, causal: bool = False, sm_scale: float | None = None,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch attention in fp32 (materialises the ``[S_q, S_k]`` scores): the ground truth.
+
+    ``mask`` is an optional ``[S_q, S_k]`` bool tensor, True where a query may attend to a key
+    (:mod:`tutx.kernels.masks` builds the patterns), combined with ``causal``; every query must
+    keep at least one key. The sliding-window reference is this function with its mask.
+    """
     check_qkv(q, k, v, causal)
     sm_scale = resolve_scale(sm_scale, q.shape[-1])
+    s_q, s_k = q.shape[2], k.shape[2]
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                             or tuple(mask.shape) != (s_q, s_k)):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected None or a bool tensor of shape ({s_q}, {s_k}), got {got}")
     group = q.shape[1] // k.shape[1]
     k = k.float().repeat_interleave(group, dim=1)  # [B, Hq, S_k, D]
     v = v.float().repeat_interleave(group, dim=1)  # [B, Hq, S_k, D]
     scores = torch.matmul(q.float(), k.transpose(-2, -1)) * sm_scale  # [B, Hq, S_q, S_k]
     if causal:
-        s_q, s_k = q.shape[2], k.shape[2]
-        keep = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril(diagonal=s_k - s_q)
-        scores = scores.masked_fill(~keep, float("-inf"))
+        mask = causal_mask(s_q, s_k, q.device) if mask is None else mask & causal_mask(s_q, s_k, mask.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.to(q.device), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v).to(q.dtype)  # [B, Hq, S_q, D]
 
 
 def _sdpa(q, k, v, causal, sm_scale):
     """PyTorch SDPA. Its ``is_causal`` aligns to the *start* when S_q < S_k, so pass our mask then."""
     s_q, s_k = q.shape[2], k.shape[2]
-    mask = None
-    if causal and s_q != s_k:
-        mask = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril(diagonal=s_k - s_q)
+    mask = causal_mask(s_q, s_k, q.device) if causal and s_q != s_k else None
     group = q.shape[1] // k.shape[1]
     if group > 1:  # enable_gqa needs torch >= 2.5; repeating keeps torch 2.4 working
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -217,18 +202,5 @@ def _sdpa(q, k, v, causal, sm_scale):
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=sm_scale)
 
 
-def _flash_attn(q, k, v, causal, sm_scale):
-    """The ``flash-attn`` package (CUDA only; layout ``[B, S, H, D]``, causal aligned to the end)."""
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError as err:
-        raise ImportError("backend='flash_attn' needs the flash-attn package: pip install 'tutx[flash]' "
-                          "(CUDA GPUs only), or use backend='triton' or 'sdpa'") from err
-    if q.device.type != "cuda":
-        raise ValueError(f"q: backend='flash_attn' runs on CUDA tensors only, got device {q.device}")
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                          softmax_scale=sm_scale, causal=causal)  # [B, S_q, Hq, D]
-    return out.transpose(1, 2)
-
-
-__all__ = ["flash_attention", "flash_attention_ref", "flash_attention_kernel", "flash_attention_forward"]
+__all__ = ["BACKENDS", "flash_attention", "flash_attention_ref", "flash_attention_kernel", "flash_attention_forward",
+           "online_softmax_stage"]

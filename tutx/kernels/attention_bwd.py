@@ -8,22 +8,30 @@ With ``P = softmax(S)``, ``S = sm_scale · q kᵀ`` and the upstream gradient ``
 ``P`` is never stored: each kernel recomputes a block of it as ``exp2(S·log2e − lse)`` from the
 log-sum-exp saved by the forward pass. The launches:
 
-1. ``_bwd_delta_kernel`` — δ per query row (a cheap pre-pass, so the others need not touch O);
-2. ``_bwd_dkdv_kernel`` — one program per key block accumulates dK and dV over all query blocks
+1. ``bwd_delta_kernel`` — δ per query row (a cheap pre-pass, so the others need not touch O);
+2. ``bwd_dkdv_kernel`` — one program per key block accumulates dK and dV over all query blocks
    *and over all query heads of its GQA group*, so the group sum needs no extra buffer or atomics;
-3. ``_bwd_dq_kernel`` — one program per query block accumulates dQ over the key blocks.
+3. ``bwd_dq_kernel`` — one program per query block accumulates dQ over the key blocks.
 
 Separate dK/dV and dQ kernels do some recomputation twice but write each gradient exactly once,
 so results are deterministic (no atomics). Both split the causal loop like the forward: blocks
-straddling the diagonal are masked, the others are not.
+straddling the diagonal are masked, the others are not. The pre-pass, the loads that open each
+kernel and the stores that close it are shared with the sliding-window backward
+(``backward_common.py``).
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from tutx.kernels._attention_common import LOG2E, autotune_configs, head_dim_pruner, seq_bucket
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.backward_common import (
+    launch_backward,
+    load_key_block,
+    load_query_block,
+    store_key_grads,
+    store_query_grads,
+)
+from tutx.kernels._attention_common import autotune_configs, head_dim_pruner
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV: BLOCK_N keys stay resident, BLOCK_M queries
 # stream; dQ: the other way round. The last entry of each row fits a T4's 64 KB of shared memory.
@@ -35,25 +43,6 @@ _DQ_CONFIGS = {
     "small_d": [(128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
     "d128": [(128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
 }
-_DELTA_BLOCK_M = 64
-
-
-@triton.jit
-def _bwd_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
-                      Hq, S_q, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    """δ = rowsum(dO ∘ O) in fp32, ``[B, Hq, S_q]``; grid ``(cdiv(S_q, BM), B*Hq)``."""
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = (pid_bh % Hq).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_q = offs_m[:, None] < S_q
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                mask=in_q, other=0.0)  # [BM, D]
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
-                 mask=in_q, other=0.0)  # [BM, D]
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BM]
-    tl.store(DELTA + pid_bh.to(tl.int64) * S_q + offs_m, delta, mask=offs_m < S_q)
 
 
 @triton.jit
@@ -86,25 +75,17 @@ def _dkdv_stage(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qm, stride_dom, lo, hi, 
                  key=["TUNE_Q", "TUNE_K", "HEAD_DIM", "CAUSAL"],
                  prune_configs_by={"early_config_prune": head_dim_pruner(_DKDV_CONFIGS, "BLOCK_M", "BLOCK_N")})
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
-                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
-                     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                     Hq, Hkv, GROUP, S_q, S_k, TUNE_Q, TUNE_K,
-                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
+                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                    Hq, Hkv, GROUP, S_q, S_k, TUNE_Q, TUNE_K,
+                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program: ``BLOCK_N`` keys of one (batch, KV head); grid ``(cdiv(S_k, BN), B*Hkv)``."""
-    pid_bkv = tl.program_id(1)
-    b = (pid_bkv // Hkv).to(tl.int64)
-    kvh = (pid_bkv % Hkv).to(tl.int64)
+    b, kvh, offs_n, k, v = load_key_block(K, V, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                                          Hkv, S_k, HEAD_DIM, BLOCK_N)  # k, v: [BN, D]
     start_n = tl.program_id(0) * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)  # [BN]
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_k = offs_n[:, None] < S_k
-    k = tl.load(K + b * stride_kb + kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=in_k, other=0.0)  # [BN, D]
-    v = tl.load(V + b * stride_vb + kvh * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=in_k, other=0.0)  # [BN, D]
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
@@ -128,11 +109,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
                              stride_qm, stride_dom, mid, S_q, offs_n, S_q, diag, qk_scale,
                              False, HEAD_DIM, BLOCK_M)
 
-    dk = dk * sm_scale
-    tl.store(DK + b * stride_dkb + kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=in_k)
-    tl.store(DV + b * stride_dvb + kvh * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=in_k)
+    store_key_grads(DK, DV, dk, dv, b, kvh, offs_n, S_k, sm_scale, stride_dkb, stride_dkh, stride_dkn,
+                    stride_dvb, stride_dvh, stride_dvn, HEAD_DIM)
 
 
 @triton.jit
@@ -166,29 +144,20 @@ def _dq_stage(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, lo, hi, offs_m,
                  key=["TUNE_Q", "TUNE_K", "HEAD_DIM", "CAUSAL"],
                  prune_configs_by={"early_config_prune": head_dim_pruner(_DQ_CONFIGS, "BLOCK_M", "BLOCK_N")})
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
-                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
-                   stride_dqb, stride_dqh, stride_dqm,
-                   Hq, GROUP, S_q, S_k, TUNE_Q, TUNE_K,
-                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
+                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                  stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                  stride_dqb, stride_dqh, stride_dqm,
+                  Hq, GROUP, S_q, S_k, TUNE_Q, TUNE_K,
+                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program: ``BLOCK_M`` queries of one (batch, query head); grid ``(cdiv(S_q, BM), B*Hq)``."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal rows first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = (pid_bh % Hq).to(tl.int64)
+    b, h, offs_m, q, do, lse, delta = load_query_block(Q, DO, LSE, DELTA, pid_m, stride_qb, stride_qh, stride_qm,
+                                                       stride_dob, stride_doh, stride_dom, Hq, S_q,
+                                                       HEAD_DIM, BLOCK_M)  # q, do: [BM, D]; lse, delta: [BM]
     kvh = h // GROUP
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)  # [BM]
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_q = offs_m < S_q
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=in_q[:, None], other=0.0)  # [BM, D]
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
-                 mask=in_q[:, None], other=0.0)  # [BM, D]
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * S_q + offs_m, mask=in_q, other=0.0)  # [BM]
-    delta = tl.load(DELTA + pid_bh.to(tl.int64) * S_q + offs_m, mask=in_q, other=0.0)  # [BM]
     K += b * stride_kb + kvh * stride_kh
     V += b * stride_vb + kvh * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -205,32 +174,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                    qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N)
     dq = _dq_stage(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, hi_full, hi, offs_m, S_k, diag,
                    qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
-    dq = dq * sm_scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=in_q[:, None])
+    store_query_grads(DQ, dq, b, h, offs_m, S_q, sm_scale, stride_dqb, stride_dqh, stride_dqm, HEAD_DIM)
 
 
 def flash_attention_backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
     """Gradients ``(dq, dk, dv)`` of the forward pass; ``lse`` is the base-2 LSE ``[B, Hq, S_q]``."""
-    (batch, hq, s_q, d), (hkv, s_k) = q.shape, k.shape[1:3]
-    delta = torch.empty_like(lse)  # [B, Hq, S_q] fp32
-    _bwd_delta_kernel[(triton.cdiv(s_q, _DELTA_BLOCK_M), batch * hq)](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], hq, s_q,
-        HEAD_DIM=d, BLOCK_M=_DELTA_BLOCK_M)
-
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)  # [B, Hq, S_q, D]
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)  # [B, Hkv, S_k, D]
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)  # [B, Hkv, S_k, D]
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    qk_scale = sm_scale * LOG2E
-    _bwd_dkdv_kernel[lambda meta: (triton.cdiv(s_k, meta["BLOCK_N"]), batch * hkv)](
-        q, k, v, do, lse, delta, dk, dv, qk_scale, sm_scale, *strides,
-        *dk.stride()[:3], *dv.stride()[:3], hq, hkv, hq // hkv, s_q, s_k,
-        seq_bucket(s_q), seq_bucket(s_k), HEAD_DIM=d, CAUSAL=causal)
-    _bwd_dq_kernel[lambda meta: (triton.cdiv(s_q, meta["BLOCK_M"]), batch * hq)](
-        q, k, v, do, lse, delta, dq, qk_scale, sm_scale, *strides, *dq.stride()[:3],
-        hq, hq // hkv, s_q, s_k, seq_bucket(s_q), seq_bucket(s_k), HEAD_DIM=d, CAUSAL=causal)
-    return dq, dk, dv
+    return launch_backward(bwd_dkdv_kernel, bwd_dq_kernel, q, k, v, o, lse, do, causal, sm_scale)
 
 
-__all__ = ["flash_attention_backward"]
+__all__ = ["flash_attention_backward", "bwd_dkdv_kernel", "bwd_dq_kernel"]

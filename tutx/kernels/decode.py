@@ -16,9 +16,9 @@ the ``S_max`` axis with a block table; the split/merge structure stays the same.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx.kernels._triton import tl, triton
+from tutx._validate import check_bool, check_optional_int
 from tutx.kernels._attention_common import (
     LOG2E,
     check_float_dtypes,
@@ -152,13 +152,11 @@ def _check(q, k_cache, v_cache, lengths, num_splits, validate_lengths: bool = Tr
         raise ValueError(f"k_cache: expected a number of heads dividing q's {hq} (GQA/MQA), got {hkv}")
     if lengths.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"lengths: expected dtype int32 or int64, got {lengths.dtype}")
-    if validate_lengths:
+    if check_bool("validate_lengths", validate_lengths):
         lo, hi = (int(x) for x in torch.aminmax(lengths))  # one host sync: out-of-range would read garbage
         if lo < 1 or hi > s_max:
             raise ValueError(f"lengths: expected values in [1, S_max={s_max}], got min {lo}, max {hi}")
-    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
-                                   or not 1 <= num_splits <= MAX_SPLITS):
-        raise ValueError(f"num_splits: expected None or an int in [1, {MAX_SPLITS}], got {num_splits!r}")
+    check_optional_int("num_splits", num_splits, minimum=1, maximum=MAX_SPLITS)
 
 
 def decode_attention(q, k_cache, v_cache, lengths, sm_scale: float | None = None,
@@ -211,10 +209,6 @@ def decode_attention_ref(q, k_cache, v_cache, lengths, sm_scale: float | None = 
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
     return torch.einsum("bhs,bhsd->bhd", torch.softmax(scores, dim=-1), v).to(q.dtype)  # [B, Hq, D]
 
-
-# Transitional: tutx/engine/paged_attention.py still imports the old name until it moves to
-# tutx/kernels/paged_decode.py with the public one.
-_decode_merge_kernel = decode_merge_kernel
 
 __all__ = ["decode_attention", "decode_attention_ref", "decode_attention_kernel", "decode_merge_kernel",
            "default_num_splits"]

@@ -25,9 +25,8 @@ plain conversion as a variant the autotuner can pick where it is faster.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx.kernels._triton import tl, triton
 from tutx.kernels._dispatch import interpreter_enabled
 
 GEMV_MAX_M = 1  # rows that take these kernels; from 2 rows on the split-K tiles were as fast (H200)

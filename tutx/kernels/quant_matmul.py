@@ -24,9 +24,8 @@ them (it drops configs that raise ``OutOfResources``); the smallest always fit.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx.kernels._triton import tl, triton
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
 from tutx.kernels.quant_gemv import gemv_supported, int8_gemv
 

@@ -22,9 +22,8 @@ for M <= 16, output tiles for larger M.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx.kernels._triton import tl, triton
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
 from tutx.kernels.quant_gemv import gemv_supported, int4_gemv
 from tutx.kernels.quant_matmul import (

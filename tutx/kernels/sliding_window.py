@@ -1,68 +1,39 @@
 """Sliding-window (local) + global attention whose kernel visits only the key blocks it needs.
 
-The pattern (Longformer / Mistral / StreamingLLM "sinks"): with absolute query position
-``p = i + S_k - S_q`` (queries aligned to the end of the keys, as in dense causal attention),
-query ``p`` may attend to key ``j`` when
-
-* ``|p - j| < window`` — the local band (``window`` keys up to and including itself when causal), or
-* ``j < num_global_tokens`` — every query sees the global tokens, or
-* ``p < num_global_tokens`` — global tokens see every key,
-
-and, when ``causal``, only if ``j <= p``. A dense mask would still cost O(S²); here each query
-block loops over at most two key ranges — the global blocks and the blocks overlapping its band —
-so the work is O(S · (window + num_global_tokens)). Every visited block is masked (no unmasked
-fast stage: the band's edges cut through most blocks anyway at small windows).
+The pattern (Longformer / Mistral / StreamingLLM "sinks") is defined in :mod:`tutx.kernels.masks`:
+query position ``p`` sees the keys of its band ``|p - j| < window``, the global tokens
+``j < num_global_tokens`` (and global queries see every key); causal keeps ``j <= p``. A dense
+mask would still cost O(S²); here each query block loops over at most two key ranges — the
+global blocks and the blocks overlapping its band — so the work is O(S · (window +
+num_global_tokens)). Blocks that every row of a query block sees whole skip the mask, as in the
+dense kernel's two stages; the band's edge blocks and the global blocks are masked.
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from tutx.kernels._triton import tl, triton
+from tutx._validate import check_int
 from tutx.kernels._attention_common import (
     LOG2E,
     autotune_configs,
-    check_kernel_dtype,
     check_qkv,
-    cuda_capability,
     head_dim_pruner,
-    last_dim_contiguous,
-    padded_head_dim,
     resolve_scale,
+    run_attention_kernel,
     seq_bucket,
 )
 from tutx.kernels._dispatch import use_triton
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.attention import flash_attention_ref
+from tutx.kernels.masks import allowed, full_block_range, key_ranges, sliding_window_mask
+from tutx.kernels.sliding_window_bwd import sliding_window_backward
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the last entry of each row fits a T4.
 _FWD_CONFIGS = {
     "small_d": [(128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
     "d128": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
 }
-
-
-@triton.jit
-def allowed(pos_q, cols, S_k, window, n_global, CAUSAL: tl.constexpr):
-    """Which (query position, key) pairs attend; ``pos_q`` and ``cols`` broadcast against each other."""
-    dist = pos_q - cols
-    ok = ((dist < window) & (dist > -window)) | (cols < n_global) | (pos_q < n_global)
-    if CAUSAL:
-        ok = ok & (dist >= 0)
-    return ok & (cols < S_k)
-
-
-@triton.jit
-def key_ranges(p_first, p_last, S_k, window, n_global, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Key ranges ``[0, g_hi)`` (global) and ``[lo, hi)`` (band) for queries at positions p_first..p_last."""
-    if CAUSAL:
-        hi = tl.minimum(p_last + 1, S_k)
-        g_hi = tl.minimum(tl.cdiv(n_global, BLOCK_N) * BLOCK_N, hi)
-    else:
-        hi = tl.minimum(p_last + window, S_k)
-        g_hi = tl.minimum(tl.cdiv(n_global, BLOCK_N) * BLOCK_N, S_k)
-        g_hi = tl.where(p_first < n_global, S_k, g_hi)  # a global query sees every key
-    lo = (tl.maximum(p_first - window + 1, 0) // BLOCK_N) * BLOCK_N
-    lo = tl.maximum(lo, g_hi)
-    return g_hi, lo, hi
 
 
 @triton.jit
@@ -98,19 +69,6 @@ def _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi, pos_q, 
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # [BM, D]
         m_i = m_new
     return acc, l_i, m_i
-
-
-@triton.jit
-def full_block_range(p_first, p_last, lo, hi, S_k, window, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``[full_lo, full_hi)`` inside ``[lo, hi)``: key blocks that every query row p_first..p_last sees whole."""
-    full_lo = tl.cdiv(tl.maximum(p_last - window + 1, 0), BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        full_hi = ((p_first + 1) // BLOCK_N) * BLOCK_N
-    else:
-        full_hi = (tl.minimum(p_first + window, S_k) // BLOCK_N) * BLOCK_N
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
-    return full_lo, full_hi
 
 
 @triton.autotune(configs=autotune_configs(_FWD_CONFIGS, "BLOCK_M", "BLOCK_N", (16, 16)),
@@ -186,29 +144,15 @@ def sliding_window_forward(q, k, v, window, n_global, causal, sm_scale, count_bl
     return o, lse, visits[:, :, :n_m]
 
 
-class _SlidingWindowAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, window, n_global, causal, sm_scale):
-        o, lse, _ = sliding_window_forward(q, k, v, window, n_global, causal, sm_scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.args = (window, n_global, causal, sm_scale)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        from tutx.kernels.sparse_attention_bwd import sliding_window_backward
-
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = sliding_window_backward(q, k, v, o, lse, last_dim_contiguous(do), *ctx.args)
-        return dq, dk, dv, None, None, None, None
+def _forward_for_autograd(q, k, v, window, n_global, causal, sm_scale):
+    o, lse, _ = sliding_window_forward(q, k, v, window, n_global, causal, sm_scale)
+    return o, lse
 
 
 def _check_pattern(q, k, v, window, num_global_tokens, causal):
     check_qkv(q, k, v, causal)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected a positive int (query p sees keys |p - j| < window), got {window!r}")
-    if isinstance(num_global_tokens, bool) or not isinstance(num_global_tokens, int) or num_global_tokens < 0:
-        raise ValueError(f"num_global_tokens: expected an int >= 0, got {num_global_tokens!r}")
+    check_int("window", window, minimum=1)  # query p sees keys |p - j| < window
+    check_int("num_global_tokens", num_global_tokens, minimum=0)
     if q.shape[2] > k.shape[2]:
         raise ValueError(f"q: sliding-window attention aligns queries to the end of the keys and needs "
                          f"S_q <= S_k, got S_q={q.shape[2]} > S_k={k.shape[2]}")
@@ -218,45 +162,24 @@ def sliding_window_attention(q, k, v, window: int, num_global_tokens: int = 0, c
                              sm_scale: float | None = None) -> torch.Tensor:
     """Local-band + global-token attention, ``[B, Hq, S_q, D]`` out, differentiable in q, k, v.
 
-    Same layouts, dtypes, GQA and dispatch as :func:`tutx.kernels.attention.flash_attention`.
+    Same layouts, dtypes, GQA and dispatch as :func:`tutx.kernels.attention.flash_attention`
+    (``backend="triton"``); :func:`tutx.kernels.masks.sliding_window_mask` draws the pattern.
     """
     _check_pattern(q, k, v, window, num_global_tokens, causal)
     sm_scale = resolve_scale(sm_scale, q.shape[-1])
     if not use_triton(q, k, v):
         return sliding_window_attention_ref(q, k, v, window, num_global_tokens, causal, sm_scale)
-    check_kernel_dtype(q.dtype, q.device.type, cuda_capability(q))
-    d = q.shape[-1]
-    d_pad = padded_head_dim(d)
-    if d_pad != d:
-        q, k, v = (torch.nn.functional.pad(x, (0, d_pad - d)) for x in (q, k, v))
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
-    o = _SlidingWindowAttention.apply(q, k, v, window, num_global_tokens, causal, sm_scale)
-    return o[..., :d] if d_pad != d else o
-
-
-def sliding_window_mask(s_q: int, s_k: int, window: int, num_global_tokens: int = 0, causal: bool = True,
-                        device=None) -> torch.Tensor:
-    """The dense ``[S_q, S_k]`` boolean mask of the pattern (True = attend), for the reference and plots."""
-    pos_q = torch.arange(s_q, device=device)[:, None] + (s_k - s_q)  # [S_q, 1]
-    cols = torch.arange(s_k, device=device)[None, :]  # [1, S_k]
-    dist = pos_q - cols
-    ok = (dist.abs() < window) | (cols < num_global_tokens) | (pos_q < num_global_tokens)
-    return ok & (dist >= 0) if causal else ok
+    return run_attention_kernel(_forward_for_autograd, sliding_window_backward, q, k, v,
+                                window, num_global_tokens, causal, sm_scale)
 
 
 def sliding_window_attention_ref(q, k, v, window: int, num_global_tokens: int = 0, causal: bool = True,
                                  sm_scale: float | None = None) -> torch.Tensor:
     """Dense masked attention in fp32 (O(S²) memory): the ground truth for the kernel."""
     _check_pattern(q, k, v, window, num_global_tokens, causal)
-    sm_scale = resolve_scale(sm_scale, q.shape[-1])
-    group = q.shape[1] // k.shape[1]
-    k = k.float().repeat_interleave(group, dim=1)  # [B, Hq, S_k, D]
-    v = v.float().repeat_interleave(group, dim=1)  # [B, Hq, S_k, D]
-    scores = torch.matmul(q.float(), k.transpose(-2, -1)) * sm_scale  # [B, Hq, S_q, S_k]
-    keep = sliding_window_mask(q.shape[2], k.shape[2], window, num_global_tokens, causal, q.device)
-    scores = scores.masked_fill(~keep, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v).to(q.dtype)  # [B, Hq, S_q, D]
+    keep = sliding_window_mask(q.shape[2], k.shape[2], window, num_global_tokens, causal, q.device)  # [S_q, S_k]
+    return flash_attention_ref(q, k, v, causal=False, sm_scale=sm_scale, mask=keep)
 
 
-__all__ = ["sliding_window_attention", "sliding_window_attention_ref", "sliding_window_mask",
-           "sliding_window_attention_kernel", "sliding_window_forward"]
+__all__ = ["sliding_window_attention", "sliding_window_attention_ref", "sliding_window_attention_kernel",
+           "sliding_window_forward"]
