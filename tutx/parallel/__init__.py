@@ -1,6 +1,6 @@
 """Chapter 5 and 6: running one model on several devices.
 
-- :mod:`~tutx.parallel.sharding` — device maps: ``plan_device_map`` places whole decoder layers
+- :mod:`~tutx.parallel.device_map` — device maps: ``plan_device_map`` places whole decoder layers
   on devices within memory budgets (KV cache reserved);
 - :mod:`~tutx.parallel.dispatch` — ``dispatch_`` moves them there and adds the hops.
 
@@ -9,6 +9,6 @@
     print(plan.summary())
 """
 from tutx.parallel.dispatch import Dispatch, dispatch_
-from tutx.parallel.sharding import DevicePlan, parse_size, plan_device_map, torch_device
+from tutx.parallel.device_map import DevicePlan, parse_size, plan_device_map, torch_device
 
 __all__ = ["DevicePlan", "Dispatch", "plan_device_map", "dispatch_", "parse_size", "torch_device"]

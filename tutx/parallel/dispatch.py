@@ -1,6 +1,6 @@
 """``dispatch_``: put a planned model on its devices and add the hops between them.
 
-The plan comes from :func:`~tutx.parallel.sharding.plan_device_map`. Each module moves to its
+The plan comes from :func:`~tutx.parallel.device_map.plan_device_map`. Each module moves to its
 device; a forward pre-hook on each moves the incoming tensors there (the hidden state, the
 rotary cos/sin, masks), so one forward pass walks the devices in layer order. Outputs come back
 on the device of the inputs. Simulated devices (``"cpu:N"``) all run on the CPU but are recorded
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tutx.parallel.sharding import DevicePlan, torch_device
+from tutx.parallel.device_map import DevicePlan, torch_device
 
 
 def _move(obj, device: torch.device):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from tutx.configs import get_spec, to_hf_config
 from tutx.models.tiny import load_tiny
 from tutx.parallel import DevicePlan, dispatch_, parse_size, plan_device_map, torch_device
-from tutx.parallel.sharding import _fmt
+from tutx.parallel.devices import format_bytes as _fmt
 
 GiB = 2**30
 
@@ -166,7 +166,7 @@ def test_summary_and_repr(llama7b):
     plan = plan_device_map(llama7b, {"cuda:0": "8GiB", "cpu": "32GiB"}, reserve_kv=dict(batch=1, seq_len=4096),
                            dtype="fp16")
     text = plan.summary()
-    assert text.splitlines()[0].split() == ["device", "budget", "layers", "weights", "KV", "cache", "free"]
+    assert text.splitlines()[0].split() == ["device", "budget", "layers", "weights", "KV", "cache", "headroom", "free"]
     assert "cuda:0" in text and "model.embed_tokens → cuda:0" in text and "lm_head → cpu" in text
     assert repr(plan).startswith("DevicePlan(32 layers → cuda:0: ")
     assert isinstance(plan, DevicePlan)
@@ -202,7 +202,7 @@ def test_budget_that_cannot_hold_a_layer(llama7b):
 @pytest.mark.parametrize("reserve, error, match", [
     (dict(batch=1), ValueError, "expected the keys batch and seq_len"),
     (dict(batch=1, seq_len=8, dtyp="fp16"), ValueError, "expected the keys"),
-    (dict(batch=0, seq_len=8), ValueError, r"reserve_kv\['batch'\]=0"),
+    (dict(batch=0, seq_len=8), ValueError, r"reserve_kv\['batch'\]: expected an int >= 1, got 0"),
     (dict(batch=1, seq_len=8, dtype="int3"), ValueError, r"reserve_kv\['dtype'\]='int3'"),
     ("lots", ValueError, "reserve_kv='lots'"),
     (-1, ValueError, "reserve_kv=-1"),
@@ -315,3 +315,22 @@ def test_dispatch_gpu_and_cpu(tiny):
         logits = model(**batch).logits
     assert logits.device.type == "cpu"  # outputs come back to the inputs' device
     torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_headroom_keeps_part_of_each_gpu_free():
+    """A fraction of every GPU budget stays out of the plan (activations, CUDA context); CPU budgets do not."""
+    budgets = {"cuda:0": "80GiB", "cuda:1": "80GiB", "cpu": "256GiB"}
+    kv = dict(batch=8, seq_len=8192)
+    full = plan_device_map("Llama-3.1-70B", budgets, reserve_kv=kv, dtype="bf16")
+    kept = plan_device_map("Llama-3.1-70B", budgets, reserve_kv=kv, dtype="bf16", headroom=0.1)
+    assert kept.reserved == {"cuda:0": 8 * 2**30, "cuda:1": 8 * 2**30, "cpu": 0}
+    assert all(kept.free(d) >= 0 for d in kept.budgets)
+    assert kept.layers_per_device()["cpu"] > full.layers_per_device()["cpu"]
+    assert "8.00 GiB" in kept.summary()
+    with pytest.raises(ValueError, match="keeps headroom=0.1 of its budget free"):
+        plan_device_map("Llama-3.1-70B", {"cuda:0": "80GiB", "cuda:1": "80GiB"}, reserve_kv=kv, dtype="bf16",
+                        headroom=0.1)
+    with pytest.raises(ValueError, match="headroom"):
+        plan_device_map("Llama-3.1-70B", budgets, headroom=1.5)
+    with pytest.raises(TypeError, match="headroom"):
+        plan_device_map("Llama-3.1-70B", budgets, headroom="10%")

@@ -18,6 +18,11 @@ Rules of the plan (compare accelerate's ``infer_auto_device_map``):
   cache, ``2·batch·seq·Hkv·head_dim·bytes`` per layer. (A disk layer's KV is charged to the disk
   budget — a simplification: such a layer really runs, and keeps its cache, on a GPU.)
 
+- with ``headroom=f`` a fraction ``f`` of every GPU budget (``cuda:N``, ``mps``) is kept out of
+  the plan: a GPU also needs memory for the activations of the forward pass, the CUDA context
+  (a few hundred MiB per process) and the allocator's fragmentation, none of which the weights
+  and the KV reserve count. CPU and disk budgets are planned in full.
+
 Unlike accelerate we keep no spare room on the first GPU for streaming offloaded layers back
 in, so the same budgets can give the first device (and the CPU) one layer more.
 
@@ -29,88 +34,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from tutx._validate import check_int, check_number
+from tutx.parallel.devices import (accelerate_value, device_label, format_bytes, is_accelerator, parse_size,
+                                   short_bytes, to_dtype, torch_device)
 from tutx.scaling import DTYPE_BYTES, ModelSpec, kv_cache_bytes
 
 __all__ = ["DevicePlan", "plan_device_map", "parse_size", "torch_device"]
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_LABEL = re.compile(r"^(cuda:\d+|cpu:\d+|cpu|mps|disk)$")
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def parse_size(value, name: str = "size") -> int:
-    """Bytes from an int or a string such as ``"10GiB"``, ``"500MB"``, ``"1.5 GB"`` (GB = 10⁹, GiB = 2³⁰)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{name}={value!r}: expected bytes as an int or a string such as '10GiB' or '500MB'")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{name}={value!r}: expected a number of bytes >= 0")
-        return value
-    match = _SIZE.match(value)
-    if match is None or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"{name}={value!r}: expected a size such as '10GiB', '500MB' or '1.5GB' "
-                         "(units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def _fmt(n: float) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def _short(n: int) -> str:
-    return f"{n} B" if n < 1024 else f"{_fmt(n)} ({n:,} B)"
-
-
-def _label(key) -> str:
-    """Normalise a budget key: 0 → "cuda:0", "cuda" → "cuda:0", torch.device("cpu") → "cpu"."""
-    if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
-        return f"cuda:{key}"
-    if isinstance(key, torch.device):
-        key = str(key)
-    if isinstance(key, str):
-        label = "cuda:0" if key.strip().lower() == "cuda" else key.strip().lower()
-        if _LABEL.match(label):
-            return label
-    raise ValueError(f"budgets: device key {key!r} not understood; expected 'cuda:N' (or an int N), "
-                     "'cpu', 'cpu:N' (a simulated device), 'mps' or 'disk'")
-
-
-def torch_device(label: str) -> torch.device:
-    """The torch device a plan label runs on: ``"cpu:N"`` → ``cpu``; ``"disk"`` has none."""
-    label = _label(label)
-    if label == "disk":
-        raise ValueError("device 'disk': disk holds weights but computes nothing; it has no torch device")
-    if label.startswith("cpu"):
-        return torch.device("cpu")
-    if label.startswith("cuda") and int(label[5:]) >= torch.cuda.device_count():
-        raise ValueError(f"device {label!r}: only {torch.cuda.device_count()} CUDA device(s) are available")
-    return torch.device(label)
-
-
-def _accelerate_value(label: str):
-    """accelerate's device-map values: GPU index as an int, else the name ("cpu:N" stays as is)."""
-    return int(label[5:]) if label.startswith("cuda:") else label
-
-
-def _to_dtype(dtype, name: str = "dtype") -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ValueError(f"{name}={dtype!r}: expected None, a torch.dtype or one of {', '.join(_DTYPES)}")
-
 
 # ---- the model's structure ---------------------------------------------------------------
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -180,14 +115,13 @@ def _kv_per_layer(reserve_kv, config, num_layers: int, weight_bytes: int) -> int
                          "optionally dtype")
     batch, seq_len, dtype = reserve_kv["batch"], reserve_kv["seq_len"], reserve_kv.get("dtype")
     for name, value in (("batch", batch), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"reserve_kv[{name!r}]={value!r}: expected an integer >= 1")
+        check_int(f"reserve_kv[{name!r}]", value, minimum=1)
     if dtype is None:
         elem = weight_bytes
     elif isinstance(dtype, str) and dtype in DTYPE_BYTES:
         elem = DTYPE_BYTES[dtype]
     else:
-        elem = _to_dtype(dtype, "reserve_kv['dtype']").itemsize
+        elem = to_dtype(dtype, "reserve_kv['dtype']").itemsize
     if config is None:
         raise TypeError("reserve_kv: a dict needs the model's config (model.config) to know Hkv and head_dim")
     spec = ModelSpec.from_config(config)
@@ -234,6 +168,7 @@ class DevicePlan:
     kv_bytes: dict[str, int]  # label → KV-cache bytes reserved there
     layers: dict[str, list[int]]  # label → indices of its decoder layers
     kv_per_layer: int = 0
+    reserved: dict[str, int] = field(default_factory=dict)  # label → bytes of headroom kept free
 
     def layers_per_device(self) -> dict[str, int]:
         return {label: len(idx) for label, idx in self.layers.items()}
@@ -241,15 +176,20 @@ class DevicePlan:
     def used(self, label: str) -> int:
         return self.weight_bytes[label] + self.kv_bytes[label]
 
+    def free(self, label: str) -> int:
+        """Room left on ``label`` beyond its weights, KV reserve and headroom."""
+        return self.budgets[label] - self.reserved.get(label, 0) - self.used(label)
+
     def summary(self) -> str:
         """A table: budget, layers, weights, KV and free room per device."""
-        rows = [("device", "budget", "layers", "weights", "KV cache", "free")]
+        rows = [("device", "budget", "layers", "weights", "KV cache", "headroom", "free")]
         for label, budget in self.budgets.items():
             idx = self.layers[label]
             span = "-" if not idx else f"{idx[0]}" if len(idx) == 1 else f"{idx[0]}-{idx[-1]} ({len(idx)})"
-            rows.append((label, _fmt(budget), span, _fmt(self.weight_bytes[label]),
-                         _fmt(self.kv_bytes[label]), _fmt(budget - self.used(label))))
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+            rows.append((label, format_bytes(budget), span, format_bytes(self.weight_bytes[label]),
+                         format_bytes(self.kv_bytes[label]), format_bytes(self.reserved.get(label, 0)),
+                         format_bytes(self.free(label))))
+        widths = [max(len(r[i]) for r in rows) for i in range(7)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         others = [f"{n} → {d}" for n, d in self.placement.items() if not re.search(r"\.\d+$", n)]
         lines.append("other modules: " + ", ".join(others))
@@ -259,7 +199,7 @@ class DevicePlan:
         split = ", ".join(f"{d}: {n}" for d, n in self.layers_per_device().items() if n)
         total = sum(self.used(d) for d in self.budgets)
         return (f"DevicePlan({sum(self.layers_per_device().values())} layers → {split}; "
-                f"{_fmt(total)} used of {_fmt(sum(self.budgets.values()))})")
+                f"{format_bytes(total)} used of {format_bytes(sum(self.budgets.values()))})")
 
 
 def _check_budgets(budgets) -> dict[str, int]:
@@ -268,7 +208,7 @@ def _check_budgets(budgets) -> dict[str, int]:
                         f"got {budgets!r}")
     out = {}
     for key, value in budgets.items():
-        label = _label(key)
+        label = device_label(key)
         if label in out:
             raise ValueError(f"budgets: device {key!r} is given twice (as {label!r})")
         out[label] = parse_size(value, f"budgets[{key!r}]")
@@ -277,16 +217,22 @@ def _check_budgets(budgets) -> dict[str, int]:
     return out
 
 
-def plan_device_map(model_or_config, budgets: Mapping, reserve_kv=None, dtype=None) -> DevicePlan:
+def plan_device_map(model_or_config, budgets: Mapping, reserve_kv=None, dtype=None,
+                    headroom: float = 0.0) -> DevicePlan:
     """Place whole decoder layers on the devices of ``budgets``, in order (see the module docstring).
 
     ``model_or_config``: a model (on ``meta`` is fine), a transformers config, a config dict or a
     name from :mod:`tutx.configs` (built on ``meta``). ``reserve_kv``: None, total KV bytes
     (int or ``"2GiB"``, shared evenly by the layers) or ``dict(batch=, seq_len=, dtype=)``.
     ``dtype``: size floating weights as this dtype (``torch.bfloat16``/``"bf16"``); None keeps theirs.
+    ``headroom``: the fraction of each GPU budget kept free for activations and the CUDA context
+    (e.g. 0.1; 0 plans the whole budget, as accelerate does with explicit ``max_memory``).
     """
     budgets = _check_budgets(budgets)
-    dtype = _to_dtype(dtype)
+    check_number("headroom", headroom, minimum=0, maximum=0.9)
+    reserved = {label: int(b * headroom) if is_accelerator(label) else 0 for label, b in budgets.items()}
+    cap = {label: b - reserved[label] for label, b in budgets.items()}
+    dtype = to_dtype(dtype)
     model = _as_model(model_or_config)
     head, layers, tail = _units(model)
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -304,26 +250,29 @@ def plan_device_map(model_or_config, budgets: Mapping, reserve_kv=None, dtype=No
     placement: dict[str, str] = {}
     d = 0
     for u, (what, modules, w, k) in enumerate(units):
-        while weights[labels[d]] + kvs[labels[d]] + w + k > budgets[labels[d]]:
+        while weights[labels[d]] + kvs[labels[d]] + w + k > cap[labels[d]]:
             label, used = labels[d], weights[labels[d]] + kvs[labels[d]]
-            need = f"{_fmt(w)} of weights" + (f" + {_fmt(k)} of KV cache" if k else "")
-            have = f" next to the {_fmt(used)} already placed there" if used else ""
-            short = _short(used + w + k - budgets[label])
+            need = f"{format_bytes(w)} of weights" + (f" + {format_bytes(k)} of KV cache" if k else "")
+            have = f" next to the {format_bytes(used)} already placed there" if used else ""
+            short = short_bytes(used + w + k - cap[label])
+            given = format_bytes(budgets[label]) + (f" less {format_bytes(reserved[label])} headroom"
+                                                    if reserved[label] else "")
             if u == 0:
-                raise ValueError(f"budgets[{label!r}]={_fmt(budgets[label])}: the first device holds "
+                raise ValueError(f"budgets[{label!r}]={given}: the first device holds "
                                  f"{what} ({need}); short by {short}")
             if what.startswith("decoder") and not layer_idx[label]:
-                raise ValueError(f"budgets[{label!r}]={_fmt(budgets[label])}: cannot hold a single decoder "
+                raise ValueError(f"budgets[{label!r}]={given}: cannot hold a single decoder "
                                  f"layer ({need}){have}; short by {short}. Raise it or leave the device out")
             d += 1
             if d == len(labels):
                 rest = sum(x[2] + x[3] for x in units[u:])
                 left = sum(x[0].startswith("decoder") for x in units[u:])
-                short = _short(used + rest - budgets[label])
+                short = short_bytes(used + rest - cap[label])
                 raise ValueError(f"the model does not fit the budgets: {left} decoder layer(s)"
-                                 f"{' and the final norm and lm_head' if tail else ''} ({_fmt(rest)}) are left "
+                                 f"{' and the final norm and lm_head' if tail else ''} ({format_bytes(rest)}) are left "
                                  f"after filling {', '.join(labels)}; short by {short} (raise "
-                                 f"budgets[{label!r}] by that much, or add a device)")
+                                 f"budgets[{label!r}] by that much, or add a device)"
+                                 + (f"; each GPU keeps headroom={headroom:g} of its budget free" if headroom else ""))
         label = labels[d]
         weights[label] += w
         kvs[label] += k
@@ -332,5 +281,5 @@ def plan_device_map(model_or_config, budgets: Mapping, reserve_kv=None, dtype=No
         placement.update((name, label) for name, _ in modules)
     order = [n for n, _ in head] + [n for n, _ in layers] + [n for n, _ in tail]
     placement = {n: placement[n] for n in order}
-    return DevicePlan({n: _accelerate_value(v) for n, v in placement.items()}, placement, budgets,
-                      weights, kvs, layer_idx, kv)
+    return DevicePlan({n: accelerate_value(v) for n, v in placement.items()}, placement, budgets,
+                      weights, kvs, layer_idx, kv, reserved)
