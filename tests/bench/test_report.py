@@ -14,7 +14,13 @@ def test_markdown_table_formats_and_aligns():
 
 def test_markdown_table_column_selection_and_errors():
     assert markdown_table([{"a": 1, "b": 2}], columns=["b"]).splitlines()[2] == "| 2 |"
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="rows: expected at least one row"):
         markdown_table([])
+    with pytest.raises(TypeError, match="rows: expected a list of dicts, got int"):
+        markdown_table(3)
+    with pytest.raises(TypeError, match="rows: expected a list of dicts"):
+        markdown_table([{"a": 1}, 2])
+    with pytest.raises(TypeError, match="digits"):
+        markdown_table([{"a": 1}], digits=1.5)
     with pytest.raises(ValueError, match=r"rows\[1\]: missing column"):
         markdown_table([{"a": 1}, {"b": 2}])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from tutx._validate import check_int
+
 
 def _cell(value, digits: int) -> str:
     if isinstance(value, float):
@@ -17,8 +19,11 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
 
     Numbers are right-aligned; floats are rounded to ``digits`` so tables are stable across runs.
     """
-    if not isinstance(rows, Sequence) or not rows or not all(isinstance(r, Mapping) for r in rows):
-        raise ValueError(f"rows: expected a non-empty list of dicts, got {type(rows).__name__}")
+    if isinstance(rows, str) or not isinstance(rows, Sequence) or not all(isinstance(r, Mapping) for r in rows):
+        raise TypeError(f"rows: expected a list of dicts, got {type(rows).__name__}")
+    if not rows:
+        raise ValueError("rows: expected at least one row, got an empty list")
+    check_int("digits", digits, minimum=0)
     columns = list(columns) if columns is not None else list(rows[0])
     for i, row in enumerate(rows):
         missing = [c for c in columns if c not in row]

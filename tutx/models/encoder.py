@@ -42,8 +42,11 @@ def load_minilm(dtype: torch.dtype = torch.float32):
 @torch.no_grad()
 def sentence_embeddings(model, tokenizer, sentences: list[str]) -> torch.Tensor:
     """Mean-pooled, L2-normalised embeddings ``[N, hidden]`` (the model's own pooling)."""
-    if not sentences or not all(isinstance(s, str) for s in sentences):
-        raise ValueError("sentences: expected a non-empty list of strings")
+    if isinstance(sentences, str) or not isinstance(sentences, (list, tuple)) \
+            or not all(isinstance(s, str) for s in sentences):
+        raise TypeError(f"sentences: expected a list of strings, got {sentences!r:.80}")
+    if not sentences:
+        raise ValueError("sentences: expected at least one sentence, got an empty list")
     batch = tokenizer(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
     hidden = model(**batch).last_hidden_state  # [N, T, H]
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [N, T, 1]
