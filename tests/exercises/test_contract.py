@@ -6,7 +6,8 @@ implementation and a plausible wrong one. For every check:
 - the untouched stub (``def f(*a): ...``) prints "not solved yet" and does not fail;
 - a function with a real body that forgets ``return`` fails with "did you forget `return`?";
 - the wrong implementation fails with an ``AssertionError``;
-- the reference passes and prints ``✅``.
+- the reference passes and prints ``✅``;
+- something that is not a function is a ``TypeError`` naming the check.
 
 Chapter modules without a ``CONTRACT`` yet are skipped with a reason, not failed.
 """
@@ -20,7 +21,7 @@ import re
 import pytest
 
 import tutx.exercises
-from tutx.exercises._check import NotSolved, attempt, is_stub
+from tutx.exercises._check import NotSolved, attempt, is_stub, run_cases, run_tensor_cases
 
 
 def _chapters() -> list[str]:
@@ -77,6 +78,9 @@ def test_stub_wrong_forgotten_return_and_reference(chapter, name, capsys):
 
     check(reference)
     assert "✅" in capsys.readouterr().out, f"{name}(reference) did not print ✅"
+
+    with pytest.raises(TypeError, match=name):
+        check(3)  # not a function
 
 
 @pytest.mark.parametrize("chapter", _chapters())
@@ -141,3 +145,52 @@ def test_attempt_tells_a_stub_from_a_forgotten_return(capsys):
     assert attempt(_right, (3,), "case 1") == 6
     with pytest.raises(AssertionError, match="case 1 raised ZeroDivisionError"):
         attempt(lambda x: x / 0, (3,), "case 1")
+
+
+def test_run_cases_tolerances_messages_and_arguments(capsys):
+    ref = lambda x: x * 1.0  # noqa: E731
+    run_cases("close", lambda x: x * 1.001, ref, [(1,), (2,)], rel_tol=1e-2)
+    assert "✅ close: all 2 cases passed" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"case 2/2 fn\(2\) returned 2.002, expected 2.0"):
+        run_cases("tight", lambda x: x * 1.001 if x == 2 else x, ref, [(1,), (2,)], rel_tol=1e-6)
+    with pytest.raises(AssertionError, match="returned True"):
+        run_cases("bool", lambda x: True, ref, [(1,)])
+    with pytest.raises(AssertionError, match=r"case 1/1 fn\(1\) .* raised ZeroDivisionError"):
+        run_cases("boom", lambda x: x / 0, ref, [(1,)])
+    with pytest.raises(AssertionError, match=r"case 2/2 fn\(2\) .*returned None: did you forget `return`\?"):
+        run_cases("half", lambda x: x * 1.0 if x == 1 else None, ref, [(1,), (2,)])
+    run_cases("exact", lambda s: s.upper(), str.upper, [("a",)])
+    with pytest.raises(ValueError, match="rel_tol: expected a number >= 0, got -1"):
+        run_cases("x", ref, ref, [(1,)], rel_tol=-1)
+    with pytest.raises(TypeError, match="abs_tol: expected a number"):
+        run_cases("x", ref, ref, [(1,)], abs_tol="0")
+    with pytest.raises(ValueError, match="cases"):
+        run_cases("x", ref, ref, [])
+    with pytest.raises(TypeError, match=r"x\(fn\): expected a function"):
+        run_cases("x", 3, ref, [(1,)])
+    run_cases("stub", _stub, ref, [(1,)])
+    assert "✏️ stub: not solved yet" in capsys.readouterr().out
+
+
+def test_run_tensor_cases_shapes_dtypes_and_stubs(capsys):
+    import torch
+
+    ref = lambda x: 2 * x  # noqa: E731
+    cases = [(torch.ones(2, 3),)]
+    run_tensor_cases("double", lambda x: x + x, ref, cases)
+    assert "✅ double: all 1 cases passed" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"returned shape \(3, 2\)"):
+        run_tensor_cases("double", lambda x: (2 * x).T, ref, cases)
+    with pytest.raises(AssertionError, match="did you forget `return`"):
+        run_tensor_cases("double", _no_return, ref, cases)
+    run_tensor_cases("double", _pass, ref, cases)
+    assert "not solved yet" in capsys.readouterr().out
+
+
+def test_chapter_modules_load_on_first_use():
+    for chapter in _chapters():
+        assert chapter in dir(tutx.exercises)
+        assert getattr(tutx.exercises, chapter) is importlib.import_module(f"tutx.exercises.{chapter}")
+    for missing in ("ch99", "nonsense"):
+        with pytest.raises(AttributeError, match=missing):
+            getattr(tutx.exercises, missing)

@@ -6,9 +6,10 @@ modules load on first use, so ``import tutx.exercises`` costs nothing.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 
-__all__ = ["ch01", "ch03", "ch04", "ch06"]
+__all__ = sorted(m.name for m in pkgutil.iter_modules(__path__) if re.fullmatch(r"ch\d\d", m.name))
 
 
 def __getattr__(name: str):
