@@ -83,6 +83,11 @@ def main(argv=None) -> dict:
     for k, v in med.items():
         print(f"{k}: median {v:.3f} s ({sum(output_lens) / v:.0f} requested tokens/s) over {args.repeat} runs")
     if "before" in med:
+        pairs = sorted(b / a for b, a in zip(times["before"], times["after"]))  # each pair ran back to back
+        result["pair_ratios"] = pairs
+        result["median_pair_ratio"] = statistics.median(pairs)
+        print("before/after time ratio of each back-to-back pair: " + ", ".join(f"{r:.2f}" for r in pairs)
+              + f"; median {result['median_pair_ratio']:.2f}")
         result["speedup"] = med["before"] / med["after"]
         result["identical"] = outs["before"] == outs["after"]
         print(f"after is {result['speedup']:.2f}x before (median time ratio); "

@@ -132,11 +132,11 @@ def test_can_allocate_is_the_block_managers_rule():
         others = Sequence(list(range(rng.randint(1, num_blocks * block_size))))  # takes some blocks first
         bm.allocate(others)
         seq = Sequence(list(range(rng.randint(1, 3 * num_blocks * block_size))))
-        assert bm.can_allocate(seq) == ch06.can_allocate(len(seq), block_size, bm.num_free_blocks)
+        assert bm.can_allocate(seq) == ch06._solution_can_allocate(len(seq), block_size, bm.num_free_blocks)
         if bm.can_allocate(seq):  # then let it grow by one token: can_append
             bm.allocate(seq)
             seq.append_token(0)
-            assert bm.can_append(seq) == ch06.can_allocate(len(seq), block_size, bm.num_free_blocks,
+            assert bm.can_append(seq) == ch06._solution_can_allocate(len(seq), block_size, bm.num_free_blocks,
                                                            len(seq.block_table))
 
 
@@ -157,7 +157,7 @@ def test_schedule_rule_is_the_schedulers_admission():
         waiting = [Sequence(list(range(rng.randint(1, 40)))) for _ in range(rng.randint(0, 6))]
         for s in waiting:
             sched.add(s)
-        want = ch06.schedule_rule([len(s) for s in waiting], len(running), max_num_seqs, budget,
+        want = ch06._solution_schedule_rule([len(s) for s in waiting], len(running), max_num_seqs, budget,
                                   sched.block_manager.num_free_blocks, block_size)
         batch, is_prefill = sched.schedule()
         if is_prefill:
@@ -169,6 +169,38 @@ def test_schedule_rule_is_the_schedulers_admission():
 
 
 def test_static_batch_waste_extremes():
-    assert ch06.static_batch_waste([5, 9, 3], [4, 1, 7], 1) == 0
-    assert ch06.static_batch_waste([10, 10, 10], [1, 1, 1], 3) == 0
-    assert ch06.static_batch_waste([1, 99], [1, 1], 2) == pytest.approx(1 - 102 / 200)
+    assert ch06._solution_static_batch_waste([5, 9, 3], [4, 1, 7], 1) == 0
+    assert ch06._solution_static_batch_waste([10, 10, 10], [1, 1, 1], 3) == 0
+    assert ch06._solution_static_batch_waste([1, 99], [1, 1], 2) == pytest.approx(1 - 102 / 200)
+
+
+def test_blocks_to_admit_reference_is_what_the_block_manager_takes():
+    """The hidden cases come with the free blocks a real BlockManager's allocation took."""
+    cases = ch06._admission_cases(seed=11, n=200)
+    for prompt, block_size, cached, taken in cases:
+        assert ch06._solution_blocks_to_admit(prompt, block_size, cached) == taken
+    shared = sum(taken < -(-len(p) // bs) for p, bs, _, taken in cases)
+    free_hits = sum(any(not held for held in c.values()) for _, _, c, _ in cases)
+    assert shared >= 40 and free_hits >= 40  # both kinds of hit are exercised
+
+
+def test_blocks_to_admit_check(capsys):
+    ch06.check_blocks_to_admit(ch06._solution_blocks_to_admit)
+    assert "✅ check_blocks_to_admit: all 42 cases passed" in capsys.readouterr().out
+
+    def no_last_block_rule(prompt, block_size, cached):
+        needed, shared = -(-len(prompt) // block_size), 0
+        for i in range(needed):
+            held = cached.get(tuple(prompt[:(i + 1) * block_size]))
+            if held is None:
+                break
+            shared += held
+        return needed - shared
+
+    with pytest.raises(AssertionError, match="check_blocks_to_admit: case"):
+        ch06.check_blocks_to_admit(no_last_block_rule)
+
+
+def test_all_names_are_checks_and_the_contract_covers_them():
+    assert all(name.startswith("check_") for name in ch06.__all__)
+    assert set(ch06.CONTRACT) == set(ch06.__all__)

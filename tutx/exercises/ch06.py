@@ -1,17 +1,18 @@
 """Checks for Chapter 6's exercises (deployment: batching and the engine's bookkeeping).
 
 Each ``check_…(fn)`` runs your function on a handful of cases and compares it with the reference
-solution written below — the same rules :class:`~tutx.engine.BlockManager` and
+solution (private, ``_solution_…``) — the same rules :class:`~tutx.engine.BlockManager` and
 :class:`~tutx.engine.Scheduler` apply (the tests check that they agree). It prints ``✅ …`` when
 all cases pass and raises an ``AssertionError`` that names the first failing case otherwise; a
 stub that still returns ``None`` (or ``...``) prints "not solved yet".
 """
 from __future__ import annotations
 
+import random
+
 from tutx.exercises._check import check_fn, run_cases
 
-__all__ = ["check_can_allocate", "check_schedule_rule", "check_static_batch_waste",
-           "can_allocate", "schedule_rule", "static_batch_waste"]
+__all__ = ["check_can_allocate", "check_blocks_to_admit", "check_schedule_rule", "check_static_batch_waste"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -20,7 +21,7 @@ def _cdiv(a: int, b: int) -> int:
 
 # ---- 1. can a sequence get its blocks? ------------------------------------------------------
 
-def can_allocate(num_tokens: int, block_size: int, num_free_blocks: int, num_held_blocks: int = 0) -> bool:
+def _solution_can_allocate(num_tokens: int, block_size: int, num_free_blocks: int, num_held_blocks: int = 0) -> bool:
     """Whether a sequence of ``num_tokens`` tokens that already holds ``num_held_blocks`` blocks
     can get the rest from ``num_free_blocks`` free ones.
 
@@ -47,12 +48,82 @@ def check_can_allocate(fn) -> None:
         (250, 16, 3, 13),  # 16 blocks in all, 13 held, 3 free
     ]
     check_fn(fn, "check_can_allocate")
-    run_cases("check_can_allocate", fn, can_allocate, cases)
+    run_cases("check_can_allocate", fn, _solution_can_allocate, cases)
+
+
+# ---- 1b. build it: how many free blocks does an admission take, with prefix sharing? -------------
+
+def _solution_blocks_to_admit(prompt: list[int], block_size: int, cached: dict) -> int:
+    """Free blocks a new ``prompt`` takes from the pool, counting the blocks it shares.
+
+    ``cached`` maps a prefix (a tuple of ``k * block_size`` tokens) to whether the pool block that
+    ends it is held by a running sequence (True) or free but still cached (False). The prompt's
+    leading full blocks are looked up in order until the first miss; a hit on a held block costs
+    no free block, a hit on a free cached block still takes that block off the free list; the
+    block with the prompt's last token is never shared (its logits must be computed).
+    """
+    needed = -(-len(prompt) // block_size)
+    shared = 0
+    for i in range(needed):
+        end = (i + 1) * block_size
+        if end >= len(prompt):
+            break
+        held = cached.get(tuple(prompt[:end]))
+        if held is None:
+            break
+        shared += held
+    return needed - shared
+
+
+def _admission_cases(seed: int = 6, n: int = 40) -> list[tuple]:
+    """Hidden cases from a real :class:`~tutx.engine.BlockManager`: a few requests run (some finish),
+    then a new prompt that may share part of their prefix arrives. Each case is ``(prompt,
+    block_size, cached, taken)`` with ``taken`` the free blocks its allocation really took."""
+    from tutx.engine.block_manager import BlockManager, chain_hash
+    from tutx.engine.sequence import Sequence
+
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        bs = rng.choice([2, 3, 4, 8])
+        bm = BlockManager(64, bs)
+        base = [rng.randrange(50) for _ in range(6 * bs)]
+        seqs = [Sequence(base[:rng.randint(1, len(base))] + [rng.randrange(50) for _ in range(rng.randint(0, 2 * bs))])
+                for _ in range(rng.randint(1, 4))]
+        for seq in seqs:
+            bm.allocate(seq)
+        for seq in seqs:
+            if rng.random() < 0.4:
+                bm.free(seq)  # finished: its blocks are free but keep their content
+        cached = {}
+        for seq in seqs:  # every full prefix whose last block is in the pool, and whether it is held
+            h = None
+            for i in range(len(seq.token_ids) // bs):
+                tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+                h = chain_hash(h, tokens)
+                block_id = bm.hash_to_block.get(h)
+                if block_id is None or bm.blocks[block_id].token_ids != tokens:
+                    break
+                cached[tuple(seq.token_ids[:(i + 1) * bs])] = bm.blocks[block_id].ref_count > 0
+        prompt = base[:rng.randint(1, len(base))] + [rng.randrange(50) for _ in range(rng.randint(0, bs))]
+        free = bm.num_free_blocks
+        bm.allocate(Sequence(prompt))
+        cases.append((prompt, bs, cached, free - bm.num_free_blocks))
+    return cases
+
+
+def check_blocks_to_admit(fn) -> None:
+    """``fn(prompt, block_size, cached) -> int``: free blocks the prompt's admission takes (hidden cases)."""
+    check_fn(fn, "check_blocks_to_admit")
+    cases = [([1, 2, 3, 4, 5], 2, {}),  # nothing cached: 3 blocks
+             ([1, 2, 3, 4, 5], 2, {(1, 2): True, (1, 2, 3, 4): True})]  # 2 held blocks shared: 1 free block
+    hidden = [case[:3] for case in _admission_cases()]
+    run_cases("check_blocks_to_admit", fn, _solution_blocks_to_admit, cases + hidden)
 
 
 # ---- 2. which waiting sequences does a prefill step admit? ------------------------------------
 
-def schedule_rule(waiting: list[int], num_running: int, max_num_seqs: int, max_num_batched_tokens: int,
+def _solution_schedule_rule(waiting: list[int], num_running: int, max_num_seqs: int, max_num_batched_tokens: int,
                   num_free_blocks: int, block_size: int) -> list[int]:
     """Indices of the ``waiting`` sequences (their lengths in tokens, oldest first) that one
     prefill step admits.
@@ -67,7 +138,7 @@ def schedule_rule(waiting: list[int], num_running: int, max_num_seqs: int, max_n
     for i, n in enumerate(waiting):
         if num_running + len(admitted) >= max_num_seqs:
             break
-        if tokens + n > max_num_batched_tokens or not can_allocate(n, block_size, free):
+        if tokens + n > max_num_batched_tokens or not _solution_can_allocate(n, block_size, free):
             break
         admitted.append(i)
         tokens += n
@@ -90,12 +161,12 @@ def check_schedule_rule(fn) -> None:
         ([], 0, 4, 100, 16, 4),  # nothing waiting
     ]
     check_fn(fn, "check_schedule_rule")
-    run_cases("check_schedule_rule", fn, schedule_rule, cases)
+    run_cases("check_schedule_rule", fn, _solution_schedule_rule, cases)
 
 
 # ---- 3. how much of a static batch is waste? --------------------------------------------------
 
-def static_batch_waste(prompt_lens: list[int], output_lens: list[int], batch_size: int) -> float:
+def _solution_static_batch_waste(prompt_lens: list[int], output_lens: list[int], batch_size: int) -> float:
     """Fraction of the token slots a static batcher computes that nobody asked for.
 
     The requests are cut into consecutive batches of ``batch_size`` (the last may be smaller).
@@ -123,4 +194,43 @@ def check_static_batch_waste(fn) -> None:
         ([50, 60, 70], [10, 20, 30], 1),  # batch size 1 is sequential: no waste
     ]
     check_fn(fn, "check_static_batch_waste")
-    run_cases("check_static_batch_waste", fn, static_batch_waste, cases, rel_tol=1e-9)
+    run_cases("check_static_batch_waste", fn, _solution_static_batch_waste, cases, rel_tol=1e-9)
+
+
+# ---- plausible wrong answers, for the contract test (stub -> not solved, wrong -> fails, reference -> passes)
+
+def _wrong_can_allocate(num_tokens, block_size, num_free_blocks, num_held_blocks=0):
+    return num_free_blocks >= num_tokens // block_size - num_held_blocks  # forgets the partial last block
+
+
+def _wrong_blocks_to_admit(prompt, block_size, cached):
+    needed = -(-len(prompt) // block_size)
+    return needed - sum(1 for k in range(block_size, len(prompt), block_size)
+                        if tuple(prompt[:k]) in cached)  # counts free cached blocks as shared
+
+
+def _wrong_schedule_rule(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size):
+    admitted, tokens, free = [], 0, num_free_blocks  # lets short requests overtake (not FCFS)
+    for i, n in enumerate(waiting):
+        blocks = -(-n // block_size)
+        if num_running + len(admitted) < max_num_seqs and tokens + n <= max_num_batched_tokens and blocks <= free:
+            admitted.append(i)
+            tokens, free = tokens + n, free - blocks
+    return admitted
+
+
+def _wrong_static_batch_waste(prompt_lens, output_lens, batch_size):
+    slots = useful = 0  # counts the last, smaller batch as full
+    for start in range(0, len(prompt_lens), batch_size):
+        p, o = prompt_lens[start:start + batch_size], output_lens[start:start + batch_size]
+        slots += batch_size * (max(p) + max(o))
+        useful += sum(p) + sum(o)
+    return 1 - useful / slots
+
+
+CONTRACT = {
+    "check_can_allocate": (_solution_can_allocate, _wrong_can_allocate),
+    "check_blocks_to_admit": (_solution_blocks_to_admit, _wrong_blocks_to_admit),
+    "check_schedule_rule": (_solution_schedule_rule, _wrong_schedule_rule),
+    "check_static_batch_waste": (_solution_static_batch_waste, _wrong_static_batch_waste),
+}

@@ -1,0 +1,74 @@
+"""Replay clients against a :class:`~tutx.engine.batcher.DynamicBatcher`: Chapter 6's load experiment.
+
+Clients arrive at given moments (e.g. :func:`poisson_arrivals`), each submits one item and waits
+for its own result. :func:`replay` reports the latency of every request, the throughput
+achieved, and the throughput while the batched function was busy (the server's capacity).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from typing import Callable
+
+from tutx._validate import check_int, check_number, check_positive
+from tutx.engine.batcher import DynamicBatcher
+
+
+def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
+    """``n`` arrival times in seconds (the first at 0), exponential gaps of mean ``1/rate`` (seeded)."""
+    check_int("n", n, minimum=1)
+    check_positive("rate", rate)
+    rng = random.Random(seed)
+    times = [0.0]
+    for _ in range(n - 1):
+        times.append(times[-1] + rng.expovariate(rate))
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def replay(fn: Callable, items: list, arrivals: list[float], max_batch_size: int = 8,
+                 max_wait_ms: float = 5.0, units_per_item: float = 1.0) -> dict:
+    """Submit ``items[i]`` at ``arrivals[i]`` seconds through ``DynamicBatcher(fn, ...)``; the measurements.
+
+    Returns ``max_wait_ms``, ``mean batch``, ``mean latency ms``, ``p90 latency ms``, ``units/s
+    achieved`` (``units_per_item`` per request, e.g. tokens, over the whole run) and ``units per busy
+    second`` (over the time ``fn`` was running: what the server could sustain).
+    """
+    if len(items) != len(arrivals) or not items:
+        raise ValueError(f"arrivals: expected one arrival time per item ({len(items)}), got {len(arrivals)}")
+    check_number("max_wait_ms", max_wait_ms, minimum=0)
+    busy: list[float] = []
+
+    def timed(batch):  # runs in a worker thread; the event loop keeps accepting requests
+        start = time.perf_counter()
+        out = fn(batch)
+        busy.append(time.perf_counter() - start)
+        return out
+
+    async with DynamicBatcher(timed, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) as batcher:
+        t0 = time.perf_counter()
+
+        async def client(i):
+            await asyncio.sleep(max(0.0, arrivals[i] - (time.perf_counter() - t0)))
+            sent = time.perf_counter()
+            await batcher.submit(items[i])
+            return sent, time.perf_counter()
+
+        times = await asyncio.gather(*(client(i) for i in range(len(items))))
+    latency = [(done - sent) * 1e3 for sent, done in times]
+    makespan = max(done for _, done in times) - t0
+    units = len(items) * units_per_item
+    return {"max_wait_ms": max_wait_ms, "mean batch": batcher.stats.mean_batch_size,
+            "mean latency ms": statistics.fmean(latency), "p90 latency ms": _percentile(latency, 90),
+            "units/s achieved": units / makespan, "units per busy second": units / sum(busy)}
+
+
+__all__ = ["poisson_arrivals", "replay"]
