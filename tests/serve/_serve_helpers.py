@@ -39,20 +39,37 @@ def server_env() -> dict:
     return env
 
 
-@contextlib.contextmanager
-def subprocess_server(*args: str, command: str = "serve", port: int | None = None):
-    """``python -m tutx.serve.cli <command> --port P ...``; yields ``(url, process)``; always stopped."""
+def spawn(*args: str, command: str = "serve", port: int | None = None):
+    """Start ``python -m tutx.serve.cli <command> --port P ...`` without waiting; ``(url, process)``."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "tutx.serve.cli", command, "--host", "127.0.0.1", "--port", str(port)]
     if command == "serve":
         cmd += ["--threads", "1"]
-    proc = subprocess.Popen(cmd + list(args), env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd + list(args), env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}", proc
+
+
+@contextlib.contextmanager
+def subprocess_servers(*specs: tuple):
+    """Several servers started together (they load the model in parallel); ``specs``: ``(args, port)``.
+    Yields ``[(url, process), ...]``; every process is stopped."""
+    procs = []
     try:
-        wait_healthy(url, proc=proc)
-        yield url, proc
+        for args, port in specs:
+            procs.append(spawn(*args, port=port))
+        for url, proc in procs:
+            wait_healthy(url, proc=proc)
+        yield procs
     finally:
-        stop_process(proc)
+        for _, proc in procs:
+            stop_process(proc)
+
+
+@contextlib.contextmanager
+def subprocess_server(*args: str, port: int | None = None):
+    """One ``tutx serve`` subprocess; yields ``(url, process)``; always stopped."""
+    with subprocess_servers((args, port)) as procs:
+        yield procs[0]
 
 
 def stop_process(proc, timeout: float = 10.0) -> None:
