@@ -5,7 +5,6 @@ import pytest
 
 import tutx.exercises
 from tutx.exercises import ch01
-from tutx.exercises._check import run_cases
 
 
 def kv_right(num_layers, num_kv_heads, head_dim, batch, seq_len, bytes_per_elem):
@@ -76,25 +75,10 @@ def test_an_exception_in_the_learner_code_becomes_a_failed_case():
 
 
 @pytest.mark.parametrize("check", [ch01.check_kv_cache_bytes, ch01.check_decode_ceiling,
-                                   ch01.check_memory_bound_batch])
+                                   ch01.check_memory_bound_batch, ch01.check_param_count])
 def test_checks_want_a_callable(check):
     with pytest.raises(TypeError, match="expected a function"):
         check(42)
-
-
-def test_run_cases_tolerance_and_arguments(capsys):
-    ref = lambda x: x * 1.0  # noqa: E731
-    run_cases("close", lambda x: x * 1.001, ref, [(1,), (2,)], rel_tol=1e-2)
-    assert "✅ close: all 2 cases passed" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match=r"case 2/2 fn\(2\) returned 2.002, expected 2.0"):
-        run_cases("tight", lambda x: x * 1.001 if x == 2 else x, ref, [(1,), (2,)], rel_tol=1e-6)
-    with pytest.raises(AssertionError, match="returned True"):
-        run_cases("bool", lambda x: True, ref, [(1,)])
-    run_cases("exact", lambda s: s.upper(), str.upper, [("a",)])
-    with pytest.raises(ValueError, match="rel_tol=-1"):
-        run_cases("x", ref, ref, [(1,)], rel_tol=-1)
-    with pytest.raises(ValueError, match="cases"):
-        run_cases("x", ref, ref, [])
 
 
 def test_an_unsolved_stub_is_not_an_error(capsys):
@@ -116,3 +100,47 @@ def test_none_after_the_first_case_is_a_failure():
 
     with pytest.raises(AssertionError, match="returned None"):
         ch01.check_kv_cache_bytes(half_done)
+
+
+# ---- the build-it exercise: a parameter counter, checked on hidden random configs ----------------
+def count_without_bias(config):
+    """Right on every real model of the check, wrong once a hidden config has attention biases."""
+    return ch01._solution_param_count({**config, "attention_bias": False})
+
+
+def count_assuming_head_dim(config):
+    """Forgets that head_dim may be given explicitly."""
+    return ch01._solution_param_count({k: v for k, v in config.items() if k != "head_dim"}
+                                      | {"head_dim": config["hidden_size"] // config["num_attention_heads"]})
+
+
+def test_param_count_reference_matches_transformers_on_the_hidden_configs():
+    import random
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tutx.scaling import ModelSpec
+
+    rng = random.Random(7)
+    for k in range(60):
+        cfg = ch01._random_llama_config(rng)
+        assert ch01._solution_param_count(cfg) == ModelSpec.from_config(cfg).n_params, cfg
+        if k < 6:  # a few on the meta device too (ModelSpec is checked against it family by family)
+            small = {**cfg, "vocab_size": 1000, "num_hidden_layers": 2}
+            hf = AutoConfig.for_model("llama", **{k2: v for k2, v in small.items() if k2 != "model_type"})
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(hf)
+            assert ch01._solution_param_count(small) == sum(p.numel() for p in model.parameters()), small
+
+
+@pytest.mark.parametrize("wrong", [count_without_bias, count_assuming_head_dim, ch01._wrong_param_count])
+def test_param_count_catches_mistakes_only_the_hidden_cases_show(wrong, capsys):
+    with pytest.raises(AssertionError, match=r"check_param_count: case \d+/28"):
+        ch01.check_param_count(wrong)
+
+
+def test_public_names_are_the_checks_only():
+    assert ch01.__all__ == ["check_kv_cache_bytes", "check_decode_ceiling", "check_memory_bound_batch",
+                            "check_param_count"]
+    assert set(ch01.CONTRACT) == set(ch01.__all__)
