@@ -191,3 +191,14 @@ def test_a_model_type_transformers_does_not_know_is_refused():
         ModelSpec.from_config(dict(SMALL, model_type="no-such-model"))
     with pytest.raises(ValueError, match="model_type='t5'.*encoder-decoder"):
         ModelSpec.from_config(dict(model_type="t5", vocab_size=100, d_model=32, num_layers=2, num_heads=4))
+
+
+def test_an_encoder_without_formula_is_counted_as_an_encoder():
+    """RoBERTa has no formula here; like BERT it is an encoder: base model, no head, no KV cache."""
+    cfg = AutoConfig.for_model("roberta", **SMALL)
+    spec = ModelSpec.from_config(cfg)
+    assert spec.counted_on_meta and not spec.decoder and not spec.lm_head
+    with torch.device("meta"):
+        assert spec.n_params == count(AutoModel.from_config(cfg))
+    with pytest.raises(ValueError, match="encoder"):
+        spec.kv_cache_bytes_per_token()

@@ -26,13 +26,18 @@ def _hf_config(config):
 
 
 def _build_on_meta(config):
-    """The model on the meta device: a causal LM where one exists (a decoder), else the base model."""
+    """The model on the meta device: a causal LM for a decoder; the base model (no head) for an
+    encoder — a masked-LM family (BERT, RoBERTa, ...) not configured as a decoder — or where no
+    causal LM exists."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
+    encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
     with torch.device("meta"):
-        if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder:
             return AutoModelForCausalLM.from_config(config), True
         return AutoModel.from_config(config), False
 
@@ -40,10 +45,13 @@ def _build_on_meta(config):
 def _part(name: str, owner: str) -> str:
     if "Norm" in owner:
         return "norms"
-    if _EXPERT.match(name) or re.search(r"mlp|feed_forward|ffn|moe|expert|\.fc\d|dense_h_to_4h|dense_4h_to_h", name):
+    if _EXPERT.match(name):
         return "mlp"
     if re.search(r"attn|attention|\.q_|\.k_|\.v_|\.o_proj|query|key|value", name):
         return "attention"
+    if re.search(r"mlp|feed_forward|ffn|moe|expert|intermediate|\.output\.|\.fc\d|fc_in|fc_out|dense_h_to_4h|"
+                 r"dense_4h_to_h|c_fc|c_proj", name):
+        return "mlp"
     return "other"
 
 

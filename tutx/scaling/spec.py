@@ -185,7 +185,8 @@ class ModelSpec(SpecCosts):
         else:
             kind = "MQA" if self.num_kv_heads == 1 else "GQA"
             attn = f"{kind} {self.num_heads}/{self.num_kv_heads} heads"
-        mlp = ("SwiGLU" if self.gated_mlp else "GeLU") + f" MLP {self.intermediate_size}"
+        kind = "" if self.counted_on_meta else "SwiGLU " if self.gated_mlp else "GeLU "  # meta: not known
+        mlp = f"{kind}MLP {self.intermediate_size}"
         if self.num_experts:
             mlp = (f"MoE {self.num_experts} experts, {self.experts_per_token} active "
                    f"({human(self.active_params)} active params)")
