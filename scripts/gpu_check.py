@@ -2,7 +2,7 @@
 
 Each module in ``scripts/gpu_checks/`` exposes ``run(results: dict) -> None`` and adds its rows
 under its own key. This driver records the device, library versions, date and command, and
-writes one JSON file per run (``book/results/gpu_check-<device>-<date>T<hhmm>.json`` by default), which
+writes one JSON file per run (``tutx/results/gpu_check-<device>-<date>T<hhmm>.json`` by default: package data, so an installed tutx finds it), which
 the notebooks read. Nobody edits those files by hand.
 
     PYTHONPATH=. python3 scripts/gpu_check.py                    # all checks
@@ -46,7 +46,7 @@ def _environment() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", default=None, help="names of modules in scripts/gpu_checks")
-    parser.add_argument("--out", type=Path, default=ROOT / "book" / "results", help="folder for the JSON")
+    parser.add_argument("--out", type=Path, default=ROOT / "tutx" / "results", help="folder for the JSON")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("no CUDA GPU: the GPU check only runs on a machine with one")
