@@ -189,3 +189,32 @@ def test_auth_and_body_limit(tiny):
         r = httpx.post(f"{url}/v1/completions", content=chunked(), timeout=30,
                        headers={"Authorization": "Bearer s3cret", "content-type": "application/json"})
         assert r.status_code == 413
+
+
+def test_logprobs_completion_chat_and_scoring(client, tiny):
+    import torch
+
+    model, tok = tiny
+    r = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=5, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert "".join(lp.tokens) == r.choices[0].text
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):  # greedy: the chosen token is the likeliest
+        assert 3 <= len(top) <= 4 and chosen == pytest.approx(max(top.values()), abs=1e-5)
+    # lm-evaluation-harness's local-completions: echo + logprobs + max_tokens=0 scores a text
+    text = "ROMEO:\nBut soft, what light"
+    s = client.completions.create(model="tiny", prompt=text, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    ids = tok.encode(text)
+    got = s.choices[0].logprobs
+    assert s.choices[0].text == text and got.token_logprobs[0] is None and len(got.token_logprobs) == len(ids)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)  # [S, V]
+    want = [ref[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    assert got.token_logprobs[1:] == pytest.approx(want, abs=1e-3)
+    c = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Speak."}], max_tokens=4,
+                                       temperature=0, logprobs=True, top_logprobs=2)
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
+    stream = client.completions.create(model="tiny", prompt="KING:", max_tokens=4, temperature=0.5, seed=3,
+                                       logprobs=1, stream=True)
+    assert sum(len(ch.choices[0].logprobs.tokens) for ch in stream if ch.choices and ch.choices[0].logprobs) == 4

@@ -13,7 +13,7 @@ import uuid
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tutx.serve.async_engine import EngineStepError, QueueFull, RequestAborted
-from tutx.serve.openai_api import Plan, chunk, final_body, usage_chunk
+from tutx.serve.openai_api import Plan, choice_logprobs, chunk, final_body, usage_chunk
 from tutx.serve.protocol import APIError
 from tutx.serve.sse import DONE, format_event
 
@@ -38,7 +38,9 @@ class _Tracker:
         self.last[index] = now
         if out.finished:
             self.choices[index] = {"text": out.text, "num_tokens": len(out.token_ids),
-                                   "finish_reason": out.finish_reason}
+                                   "finish_reason": out.finish_reason, "token_ids": list(out.token_ids),
+                                   "logprobs": getattr(out, "token_logprobs", None),
+                                   "prompt_logprobs": getattr(out, "prompt_logprobs", None)}
 
     def done(self, handle=None) -> list[dict]:
         m = self.metrics
@@ -91,13 +93,13 @@ async def run_plan(request, plan: Plan):
         cached = st.cache.get(plan.cache_key)
         (st.metrics.cache_hits if cached is not None else st.metrics.cache_misses).inc()
     if cached is None and plan.score_only:
-        cached = [{"text": "", "num_tokens": 0, "finish_reason": "length"}] * plan.num_choices
+        cached = [{"text": "", "num_tokens": 0, "finish_reason": "length", "token_ids": []}] * plan.num_choices
     if cached is not None:
         tracker.choices = list(cached)
         if plan.stream:
-            return StreamingResponse(_replay(plan, rid, cached, tracker), media_type="text/event-stream")
+            return StreamingResponse(_replay(plan, rid, cached, tracker, st.engine.tokenizer), media_type="text/event-stream")
         tracker.done()
-        return JSONResponse(final_body(plan, rid, cached))
+        return JSONResponse(final_body(plan, rid, cached, st.engine.tokenizer))
     handle, timer = _submit(st, plan)
     if plan.stream:
         return StreamingResponse(_stream(st, plan, rid, handle, timer, tracker), media_type="text/event-stream",
@@ -124,7 +126,7 @@ async def run_plan(request, plan: Plan):
     tracker.done(handle)
     if plan.cache_key is not None and st.cache is not None:
         st.cache.put(plan.cache_key, choices)
-    return JSONResponse(final_body(plan, rid, choices))
+    return JSONResponse(final_body(plan, rid, choices, st.engine.tokenizer))
 
 
 def _head(plan: Plan, rid: str):
@@ -141,12 +143,13 @@ def _tail(plan: Plan, rid: str, choices: list[dict]):
     yield format_event(DONE)
 
 
-async def _replay(plan: Plan, rid: str, choices: list[dict], tracker: _Tracker):
+async def _replay(plan: Plan, rid: str, choices: list[dict], tracker: _Tracker, tokenizer):
     """A cached answer as a stream: one chunk per choice with the whole text and its finish reason."""
     for event in _head(plan, rid):
         yield event
     for i, c in enumerate(choices):
-        yield format_event(chunk(plan, rid, i, c["text"], c["finish_reason"]))
+        lp = choice_logprobs(plan, tokenizer, i, c, with_prompt=False)
+        yield format_event(chunk(plan, rid, i, c["text"], c["finish_reason"], logprobs=lp))
     tracker.done()
     for event in _tail(plan, rid, choices):
         yield event
@@ -161,8 +164,10 @@ async def _stream(st, plan: Plan, rid: str, handle, timer, tracker: _Tracker):
             async for index, out in handle:
                 tracker.on_output(index, out)
                 if out.new_text or out.finished:
+                    lp = None if plan.logprobs is None else choice_logprobs(
+                        plan, st.engine.tokenizer, index, {}, out.new_token_ids, out.logprobs, with_prompt=False)
                     yield format_event(chunk(plan, rid, index, out.new_text,
-                                             out.finish_reason if out.finished else None))
+                                             out.finish_reason if out.finished else None, logprobs=lp))
         except Exception as exc:  # headers are sent: the error travels as an event, then [DONE]
             err = _as_api_error(exc)
             yield format_event(err.body())

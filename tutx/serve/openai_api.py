@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 from tutx.engine import SamplingParams
 from tutx.serve.cache import canonical_key, is_deterministic
+from tutx.serve.logprobs import chat_logprobs, completion_logprobs
 from tutx.serve.protocol import (TURN_END, APIError, ChatCompletionRequest, CompletionRequest,
                                  apply_chat_template)
 
 MAX_STOP = 4
+MAX_LOGPROBS = 20
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Plan:
     include_usage: bool = False
     cache_key: str | None = None
     score_only: bool = False  # max_tokens=0 with echo: the prompt comes back, nothing is generated
+    logprobs: int | None = None  # top-N alternatives per token (None: no logprobs)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def sequences(self) -> list[tuple[list[int], SamplingParams]]:
@@ -79,7 +82,8 @@ def _tokenize_prompts(prompt, tokenizer, vocab_size: int) -> tuple[list[list[int
 
 
 def _sampling(req, prompts, max_model_len: int, max_tokens: int | None, default_max: int,
-              stop: tuple[str, ...], param: str) -> list[SamplingParams]:
+              stop: tuple[str, ...], param: str, logprobs: int | None = None,
+              prompt_logprobs: int | None = None) -> list[SamplingParams]:
     longest = max(map(len, prompts))
     if longest >= max_model_len:
         raise APIError(400, f"{param}: this model's maximum context length is {max_model_len} tokens, "
@@ -96,8 +100,11 @@ def _sampling(req, prompts, max_model_len: int, max_tokens: int | None, default_
             raise APIError(400, f"{name}: only 0 is supported by this server, got {getattr(req, name)}", name)
     top_k = None if req.top_k in (None, -1, 0) else req.top_k
     seeds = [None if req.seed is None else req.seed + j for j in range(req.n)]
+    if max_tokens == 0 and prompt_logprobs is None:
+        max_tokens = 1  # a score-only echo without logprobs never reaches the engine
     return [SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=top_k, seed=s,
-                           max_tokens=max(1, max_tokens), stop=stop, ignore_eos=req.ignore_eos) for s in seeds]
+                           max_tokens=max_tokens, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs,
+                           prompt_logprobs=prompt_logprobs) for s in seeds]
 
 
 def _key(kind, req, served, prompts, params, extra) -> str | None:
@@ -118,33 +125,39 @@ def plan_completion(req: CompletionRequest, engine, served: str, max_n: int, def
     _check_model(req.model, served)
     _common(req, max_n)
     stop = _check_stop(req.stop)
-    if req.logprobs is not None:
-        raise APIError(400, "logprobs: not supported by this engine yet", "logprobs")
+    if req.logprobs is not None and req.logprobs > MAX_LOGPROBS:
+        raise APIError(400, f"logprobs: expected at most {MAX_LOGPROBS} alternatives, got {req.logprobs}", "logprobs")
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens: expected an int >= 1 (0 only with echo=true, to score the prompt)",
                        "max_tokens")
     prompts, texts = _tokenize_prompts(req.prompt, engine.tokenizer, engine.vocab_size)
-    params = _sampling(req, prompts, engine.config.max_model_len, req.max_tokens, default_max, stop, "prompt")
+    prompt_lp = req.logprobs if req.echo else None
+    params = _sampling(req, prompts, engine.config.max_model_len, req.max_tokens, default_max, stop, "prompt",
+                       req.logprobs, prompt_lp)
     key = _key("completion", req, served, prompts, params,
                {"echo": req.echo, "logprobs": req.logprobs, "max_tokens": req.max_tokens})
     return Plan("completion", served, prompts, texts, req.n, params, req.echo, req.stream,
-                bool(req.stream_options and req.stream_options.include_usage), key, req.max_tokens == 0)
+                bool(req.stream_options and req.stream_options.include_usage), key,
+                req.max_tokens == 0 and req.logprobs is None, req.logprobs)
 
 
 def plan_chat(req: ChatCompletionRequest, engine, served: str, max_n: int, default_max: int) -> Plan:
     _check_model(req.model, served)
     _common(req, max_n)
     stop = _check_stop(req.stop)
-    if req.logprobs or req.top_logprobs:
-        raise APIError(400, "logprobs: not supported by this engine yet", "logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
+    if (req.top_logprobs or 0) > MAX_LOGPROBS:
+        raise APIError(400, f"top_logprobs: expected at most {MAX_LOGPROBS}, got {req.top_logprobs}", "top_logprobs")
+    top_n = (req.top_logprobs or 0) if req.logprobs else None
     text = apply_chat_template(req.messages)
     prompts = [list(engine.tokenizer.encode(text))]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     params = _sampling(req, prompts, engine.config.max_model_len, max_tokens, default_max,
-                       stop + (TURN_END,) if TURN_END not in stop else stop, "messages")
-    key = _key("chat", req, served, prompts, params, {})
+                       stop + (TURN_END,) if TURN_END not in stop else stop, "messages", top_n)
+    key = _key("chat", req, served, prompts, params, {"logprobs": top_n})
     return Plan("chat", served, prompts, [text], req.n, params, False, req.stream,
-                bool(req.stream_options and req.stream_options.include_usage), key)
+                bool(req.stream_options and req.stream_options.include_usage), key, False, top_n)
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -153,29 +166,46 @@ def usage(plan: Plan, completion_tokens: int) -> dict:
             "total_tokens": plan.num_prompt_tokens + completion_tokens}
 
 
-def final_body(plan: Plan, rid: str, choices: list[dict]) -> dict:
-    """The non-streaming body; ``choices[i]``: ``{"text", "num_tokens", "finish_reason"}``."""
-    tokens = sum(c["num_tokens"] for c in choices)
+def choice_logprobs(plan: Plan, tokenizer, index: int, c: dict, token_ids=None, entries=None,
+                    with_prompt: bool = True) -> dict | None:
+    """The ``logprobs`` of choice ``index`` (``token_ids``/``entries``: a stream chunk's new tokens)."""
+    if plan.logprobs is None:
+        return None
+    ids = c["token_ids"] if token_ids is None else token_ids
+    entries = c["logprobs"] if entries is None else entries
     if plan.kind == "chat":
-        out = [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
+        return chat_logprobs(tokenizer, ids, entries, plan.logprobs)
+    if plan.echo and with_prompt:
+        return completion_logprobs(tokenizer, ids, entries, 0, plan.prompts[index // plan.n], c["prompt_logprobs"])
+    start = len(plan.prompt_texts[index // plan.n]) if plan.echo else 0
+    return completion_logprobs(tokenizer, ids, entries, start)
+
+
+def final_body(plan: Plan, rid: str, choices: list[dict], tokenizer=None) -> dict:
+    """The non-streaming body; ``choices[i]``: ``{"text", "num_tokens", "finish_reason"}`` (and, with
+    logprobs, ``"token_ids"``, ``"logprobs"``, ``"prompt_logprobs"``)."""
+    tokens = sum(c["num_tokens"] for c in choices)
+    lps = [choice_logprobs(plan, tokenizer, i, c) for i, c in enumerate(choices)]
+    if plan.kind == "chat":
+        out = [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": lps[i],
                 "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)]
         return {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": plan.created, "model": plan.model,
                 "choices": out, "usage": usage(plan, tokens)}
     out = [{"index": i, "text": (plan.prompt_texts[i // plan.n] if plan.echo else "") + c["text"],
-            "logprobs": None, "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)]
+            "logprobs": lps[i], "finish_reason": c["finish_reason"]} for i, c in enumerate(choices)]
     return {"id": f"cmpl-{rid}", "object": "text_completion", "created": plan.created, "model": plan.model,
             "choices": out, "usage": usage(plan, tokens)}
 
 
 def chunk(plan: Plan, rid: str, index: int, text: str | None, finish_reason: str | None = None,
-          first: bool = False) -> dict:
+          first: bool = False, logprobs: dict | None = None) -> dict:
     """One streamed chunk for choice ``index`` (chat: a ``delta``; the first one carries the role)."""
     if plan.kind == "chat":
         delta = {"role": "assistant", "content": text or ""} if first else ({} if text is None else {"content": text})
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": plan.created,
                 "model": plan.model, "choices": [choice]}
-    choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+    choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
     return {"id": f"cmpl-{rid}", "object": "text_completion", "created": plan.created, "model": plan.model,
             "choices": [choice]}
 
@@ -186,4 +216,4 @@ def usage_chunk(plan: Plan, rid: str, completion_tokens: int) -> dict:
             "usage": usage(plan, completion_tokens)}
 
 
-__all__ = ["Plan", "plan_completion", "plan_chat", "final_body", "chunk", "usage_chunk", "usage"]
+__all__ = ["Plan", "plan_completion", "plan_chat", "final_body", "chunk", "usage_chunk", "usage", "choice_logprobs"]
