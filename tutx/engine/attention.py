@@ -23,9 +23,9 @@ def paged_decode_attention_sdpa(q, k_pool, v_pool, block_tables, lengths, sm_sca
                                 validate: bool = True) -> torch.Tensor:
     """The engine's fast path without a GPU kernel: gather the pages, then one masked SDPA call (GQA native).
 
-    Same result as :func:`paged_decode_attention_ref` (to rounding) when every slot of the pool
-    holds finite numbers — as the engine's pools do: they start zeroed and only ever receive
-    computed keys and values. (The reference also survives NaN garbage in unused slots.)
+    Same result as :func:`~tutx.kernels.paged_decode.paged_decode_attention_ref` (to rounding)
+    when every slot of the pool holds finite numbers — as the engine's pools do: they start
+    zeroed and only ever receive computed keys and values. (The reference also survives NaN garbage in unused slots.)
     """
     if validate:
         check_paged_metadata(block_tables, lengths, k_pool.shape[0], k_pool.shape[1])

@@ -72,6 +72,16 @@ class LLMEngine:
         """Free blocks in the KV pool (of ``config.num_blocks``)."""
         return self.block_manager.num_free_blocks
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a prefill (new, or preempted)."""
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Requests holding KV-cache blocks."""
+        return len(self.scheduler.running)
+
     def add_step_hook(self, fn: Callable[[StepStats], None]) -> None:
         """Call ``fn(stats)`` after every step that ran a batch (in the thread that runs ``step``)."""
         if not callable(fn):

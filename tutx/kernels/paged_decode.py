@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from tutx._validate import check_optional_int
 from tutx.kernels._attention_common import (
     LOG2E,
     check_float_dtypes,
@@ -150,9 +151,7 @@ def _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool)
         raise ValueError(f"head_dim: expected at most {MAX_HEAD_DIM}, got {d}")
     if hq % hkv:
         raise ValueError(f"k_pool: expected a number of KV heads dividing q's {hq} (GQA/MQA), got {hkv}")
-    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
-                                   or not 1 <= num_splits <= MAX_SPLITS):
-        raise ValueError(f"num_splits: expected None or an int in [1, {MAX_SPLITS}], got {num_splits!r}")
+    check_optional_int("num_splits", num_splits, minimum=1, maximum=MAX_SPLITS)
     if validate:
         check_paged_metadata(block_tables, lengths, num_blocks, block_size)
 
