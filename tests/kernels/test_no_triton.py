@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(r'''
     import tutx.kernels
     for info in pkgutil.iter_modules(tutx.kernels.__path__):
         importlib.import_module(f"tutx.kernels.{info.name}")
-    import tutx.attention, tutx.quant  # noqa: F401  (they import the kernels too)
+    import tutx.attention, tutx.engine, tutx.quant  # noqa: F401  (they import the kernels too)
     from tutx.kernels import _triton
     from tutx.kernels.attention import flash_attention, flash_attention_kernel, flash_attention_ref
     from tutx.kernels.decode import decode_attention, decode_attention_ref
@@ -37,6 +37,11 @@ SCRIPT = textwrap.dedent(r'''
          sliding_window_attention_ref(q, k, v, window=3, num_global_tokens=1))
     kc, vc, lengths = r(2, 2, 11, 16), r(2, 2, 11, 16), torch.tensor([5, 11])
     same(decode_attention(q[:, :, 0], kc, vc, lengths), decode_attention_ref(q[:, :, 0], kc, vc, lengths))
+    from tutx.kernels.paged_decode import paged_decode_attention, paged_decode_attention_ref
+    pool_k, pool_v = r(6, 4, 2, 16), r(6, 4, 2, 16)  # [blocks, block_size, Hkv, D]
+    tables, plens = torch.tensor([[3, 1, 0], [5, 2, 4]], dtype=torch.int32), torch.tensor([9, 4], dtype=torch.int32)
+    same(paged_decode_attention(q[:, :, 0], pool_k, pool_v, tables, plens),
+         paged_decode_attention_ref(q[:, :, 0], pool_k, pool_v, tables, plens))
     x, w8, s = r(3, 64), torch.randint(-127, 128, (5, 64), generator=g, dtype=torch.int8), r(5).abs()
     same(int8_weight_only_matmul(x, w8, s), int8_weight_only_matmul_ref(x, w8, s))
     same(int8_weight_only_matmul(x[:1], w8, s), int8_weight_only_matmul_ref(x[:1], w8, s))  # the GEMV route

@@ -123,7 +123,7 @@ def test_weight_only_errors_name_the_argument():
         qm.int8_weight_only_matmul(x, torch.cat([w, w], 1)[:, ::2], s)
     with pytest.raises(ValueError, match=r"scale: expected shape \(8,\)"):
         qm.int8_weight_only_matmul(x, w, s[:4])
-    with pytest.raises(ValueError, match="tensors must be on one device"):
+    with pytest.raises(ValueError, match="scale: expected the device of x"):
         qm.int8_weight_only_matmul(x, w, s.to("meta"))
     with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
         qm.int8_weight_only_matmul([[1.0]], w, s)

@@ -1,6 +1,6 @@
 """Input checks and small helpers shared by the attention kernels (dense, decode, sliding window).
 
-Every check raises a ``TypeError`` / ``ValueError`` that names the argument, the value it got and
+The generic tensor checks live in ``checks.py``. Every check raises a ``TypeError`` / ``ValueError`` that names the argument, the value it got and
 what was expected (CONTRIBUTING.md, *Errors*), so the wrappers stay short and behave alike. The
 autograd glue and the head-dim padding that the dense and sliding-window wrappers share are here too.
 """
@@ -13,38 +13,10 @@ import torch
 from tutx._validate import check_bool, check_positive
 from tutx.kernels._dispatch import interpreter_enabled
 from tutx.kernels._triton import triton
+from tutx.kernels.checks import check_float_dtypes, check_same_device, check_tensor  # noqa: F401 (also for paged_decode)
 
 LOG2E = 1.4426950408889634  # log2(e): softmax in base 2, exp(x) == exp2(x * LOG2E)
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the tile widths the dense kernels are compiled for
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def check_tensor(name: str, x, ndim: int, layout: str) -> None:
-    """``x`` is a tensor with ``ndim`` dimensions (``layout`` names them in the message)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(x).__name__}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions {layout}, got shape {tuple(x.shape)}")
-    if any(s == 0 for s in x.shape):
-        raise ValueError(f"{name}: expected every dimension >= 1 {layout}, got shape {tuple(x.shape)}")
-
-
-def check_float_dtypes(**tensors: torch.Tensor) -> torch.dtype:
-    """All tensors share one floating dtype among fp16 / bf16 / fp32; return it."""
-    (first, x), *rest = tensors.items()
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{first}: expected dtype float16, bfloat16 or float32, got {x.dtype}")
-    for name, y in rest:
-        if y.dtype != x.dtype:
-            raise TypeError(f"{name}: expected the dtype of {first} ({x.dtype}), got {y.dtype}")
-    return x.dtype
-
-
-def check_same_device(**tensors: torch.Tensor) -> None:
-    (first, x), *rest = tensors.items()
-    for name, y in rest:
-        if y.device != x.device:
-            raise ValueError(f"{name}: expected the device of {first} ({x.device}), got {y.device}")
 
 
 def check_kernel_dtype(dtype: torch.dtype, device_type: str, capability: tuple[int, int] | None) -> None:

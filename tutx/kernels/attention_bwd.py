@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from tutx.kernels._attention_common import autotune_configs, head_dim_pruner
 from tutx.kernels._triton import tl, triton
 from tutx.kernels.backward_common import (
     launch_backward,
@@ -31,7 +32,6 @@ from tutx.kernels.backward_common import (
     store_key_grads,
     store_query_grads,
 )
-from tutx.kernels._attention_common import autotune_configs, head_dim_pruner
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV: BLOCK_N keys stay resident, BLOCK_M queries
 # stream; dQ: the other way round. The last entry of each row fits a T4's 64 KB of shared memory.

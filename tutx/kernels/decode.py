@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
 from tutx._validate import check_bool, check_optional_int
 from tutx.kernels._attention_common import (
     LOG2E,
-    check_float_dtypes,
     check_kernel_dtype,
-    check_same_device,
-    check_tensor,
     cuda_capability,
     last_dim_contiguous,
     resolve_scale,
 )
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.checks import check_float_dtypes, check_same_device, check_tensor
 
 MAX_SPLITS = 128
 MAX_HEAD_DIM = 256

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
 from tutx.kernels._dispatch import interpreter_enabled
+from tutx.kernels._triton import tl, triton
 
 GEMV_MAX_M = 1  # rows that take these kernels; from 2 rows on the split-K tiles were as fast (H200)
 

@@ -25,48 +25,17 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
+from tutx._validate import check_choice
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.checks import FLOAT_DTYPES, check_matrix, check_same_device, check_vector
 from tutx.kernels.quant_gemv import gemv_supported, int8_gemv
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SMALL_M = 16  # rows up to which the split-K path is used (from GEMV_MAX_M + 1; see quant_gemv.py below that)
 _GROUP_M = 8  # output-tile rows per L2-sharing group on the tiled path
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def check_matrix(t, name: str, dtypes: tuple, rows: int | None = None, cols: int | None = None,
-                 contiguous: bool = False) -> None:
-    """Raise a ValueError/TypeError naming ``name`` unless ``t`` is a 2-D tensor as described."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor, got shape {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise ValueError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if rows is not None and t.shape[0] != rows:
-        raise ValueError(f"{name}: expected {rows} rows, got shape {tuple(t.shape)}")
-    if cols is not None and t.shape[1] != cols:
-        raise ValueError(f"{name}: expected {cols} columns, got shape {tuple(t.shape)}")
-    if contiguous and not t.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous()), got strides {t.stride()}")
-
-
-def check_vector(t, name: str, dtypes: tuple, length: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.shape != (length,):
-        raise ValueError(f"{name}: expected shape ({length},), got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise ValueError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-
-
-def check_same_device(**tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"tensors must be on one device, got {', '.join(f'{k}={v}' for k, v in devices.items())}")
-
-
 def dot_in_fp32(x: torch.Tensor) -> bool:
     """Whether the kernel should upcast the dot operands to fp32 (see the module docstring)."""
     if x.dtype == torch.float32:
@@ -253,8 +222,7 @@ def int8_matmul_rescale(x_int8: torch.Tensor, w_int8: torch.Tensor, x_scale: tor
     check_matrix(w_int8, "w_int8", (torch.int8,), cols=x_int8.shape[1], contiguous=True)
     check_vector(x_scale, "x_scale", FLOAT_DTYPES, x_int8.shape[0])
     check_vector(w_scale, "w_scale", FLOAT_DTYPES, w_int8.shape[0])
-    if out_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"out_dtype: expected one of {[str(d) for d in FLOAT_DTYPES]}, got {out_dtype}")
+    check_choice("out_dtype", out_dtype, FLOAT_DTYPES)
     check_same_device(x_int8=x_int8, w_int8=w_int8, x_scale=x_scale, w_scale=w_scale)
     m, n = x_int8.shape[0], w_int8.shape[0]
     if not use_triton(x_int8, w_int8, x_scale, w_scale) or min(m, n, x_int8.shape[1]) == 0:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
+from tutx._validate import check_choice, check_int
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
+from tutx.kernels._triton import tl, triton
+from tutx.kernels.checks import FLOAT_DTYPES, check_matrix, check_same_device
 from tutx.kernels.quant_gemv import gemv_supported, int4_gemv
 from tutx.kernels.quant_matmul import (
-    FLOAT_DTYPES,
-    check_matrix,
-    check_same_device,
     config,
     launch_weight_only,
     store_tile,
@@ -91,8 +90,8 @@ _int4_large = triton.autotune(_LARGE, key=_KEY)(int4_weight_only_matmul_kernel)
 
 
 def _check(x, w_packed, scales, zeros, group_size) -> None:
-    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {group_size!r}")
+    check_int("group_size", group_size)
+    check_choice("group_size", group_size, GROUP_SIZES)
     check_matrix(x, "x", FLOAT_DTYPES)
     k = x.shape[1]
     if k % group_size:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
 from tutx._validate import check_int
 from tutx.kernels._attention_common import (
     LOG2E,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from tutx.kernels._triton import tl, triton
 from tutx.kernels._attention_common import autotune_configs, head_dim_pruner
 from tutx.kernels._triton import tl, triton
 from tutx.kernels.backward_common import (
