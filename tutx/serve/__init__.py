@@ -10,13 +10,15 @@ One concept per module:
 - :mod:`~tutx.serve.cache` — ``ResponseCache`` (LRU + TTL) and the canonical key;
 - :mod:`~tutx.serve.metrics` — Prometheus metrics named after vLLM's;
 - :mod:`~tutx.serve.policies` / :mod:`~tutx.serve.balancer` — the load balancer over replicas;
-- :mod:`~tutx.serve.cli` — ``tutx serve`` and ``tutx serve-balancer``.
+- :mod:`~tutx.serve.cli` — ``tutx serve`` and ``tutx serve-balancer``;
+- :mod:`~tutx.serve.launch` — ``start_server``: either one as a subprocess on loopback.
 
 FastAPI and uvicorn are imported when this package is, not when ``tutx`` is.
 """
 from tutx.serve.async_engine import AsyncEngine, EngineStats, EngineStepError, QueueFull, RequestHandle
 from tutx.serve.cache import ResponseCache, canonical_key, is_deterministic
 from tutx.serve.config import ServerConfig
+from tutx.serve.launch import ServerProcess, free_port, start_server
 from tutx.serve.policies import POLICIES, Balancer, Replica, power_of_two
 from tutx.serve.sse import format_event, parse_sse
 
@@ -37,4 +39,5 @@ def create_balancer_app(backends, policy="least-outstanding", health_interval=1.
 
 __all__ = ["create_app", "create_balancer_app", "ServerConfig", "AsyncEngine", "RequestHandle", "EngineStats",
            "QueueFull", "EngineStepError", "ResponseCache", "canonical_key", "is_deterministic", "Balancer",
-           "Replica", "POLICIES", "power_of_two", "format_event", "parse_sse"]
+           "Replica", "POLICIES", "power_of_two", "format_event", "parse_sse", "start_server", "ServerProcess",
+           "free_port"]
