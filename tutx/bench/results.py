@@ -45,11 +45,11 @@ class Measured:
 
 
 def result_files(directory: Path | str = RESULTS_DIR) -> list[Path]:
-    """Every ``gpu_check-*.json`` in ``directory``, oldest first (by the date recorded inside)."""
+    """Every results file (``gpu_check-*.json``, ``engines-*.json``) in ``directory``, oldest first (by the date inside)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    files = list(directory.glob("gpu_check-*.json"))
+    files = [p for p in directory.glob("*.json") if p.name.startswith(("gpu_check-", "engines-"))]
     return sorted(files, key=lambda p: json.loads(p.read_text()).get("environment", {}).get("date", ""))
 
 
