@@ -28,7 +28,6 @@ if "google.colab" in sys.modules:
     %pip install -q "tutx @ git+https://github.com/tutx-course/scaling-and-optimization"
 
 # %%
-import asyncio
 import random
 import time
 import warnings
@@ -45,6 +44,9 @@ import tutx
 from tutx.bench import latest, show_table, timeit
 from tutx.configs import get_spec
 from tutx.engine import DynamicBatcher, EngineConfig, LLMEngine, SamplingParams, greedy_generate, pad_batch
+from tutx.engine.cpu_threads import pick_cpu_threads
+from tutx.engine.load import poisson_arrivals, replay
+from tutx.engine.timeline import StepRecorder, plot_block_tables, plot_timeline, run_to_end, state_legend
 from tutx.models import heldout_text, load_tiny
 from tutx.parallel import dispatch_, plan_device_map
 
@@ -58,23 +60,16 @@ print(f"tiny LM: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parame
       f"{len(ids):,} held-out tokens to draw prompts from")
 
 # %% [markdown]
-# Everything we time in this chapter is the tiny model doing small matrix products. Extra
-# threads gain little on products this small, and on a CPU shared with other work, threads
-# fighting over a few busy cores can be many times *slower* than one. So we measure both once
-# and keep the default only if it is clearly (30%) faster (on a GPU this does not matter):
+# Everything we time in this chapter is the tiny model doing small matrix products, where extra
+# CPU threads gain little and, on a shared machine, can cost a lot. `pick_cpu_threads` times a
+# short probe with the default thread count and with one thread and keeps the default only if it
+# is clearly faster (on a GPU it changes nothing). The timings below name the count it chose.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-if device.type == "cpu" and torch.get_num_threads() > 1:
-    probe = [ids[500 * i: 500 * i + 32] for i in range(4)]
-    default_threads = torch.get_num_threads()
-    t_default = timeit(lambda: greedy_generate(model, probe, max_new_tokens=4), warmup=1, repeat=3).median
-    torch.set_num_threads(1)
-    t_one = timeit(lambda: greedy_generate(model, probe, max_new_tokens=4), warmup=1, repeat=3).median
-    torch.set_num_threads(default_threads if t_default < t_one / 1.3 else 1)
-    print(f"4 prompts x 4 new tokens: {t_default * 1e3:.0f} ms with {default_threads} threads (the default), "
-          f"{t_one * 1e3:.0f} ms with 1 thread -> using {torch.get_num_threads()}")
-print(f"measured on {tutx.device.name()}")
+probe = [ids[500 * i: 500 * i + 32] for i in range(4)]
+threads = pick_cpu_threads(lambda: greedy_generate(model, probe, max_new_tokens=4), device)
+print(f"measured on {tutx.device.name()}, {threads} torch thread(s)")
 
 # %% [markdown]
 # ## 1. Will it fit? Planning memory across devices
@@ -89,24 +84,49 @@ print(f"measured on {tutx.device.name()}")
 #
 # `plan_device_map` makes that plan from a model's config alone: it builds the model on
 # PyTorch's `meta` device (shapes, no memory), counts every layer's bytes, and fills the devices
-# in order, each layer with its share of a KV-cache reserve. Here is Llama-3.1-70B in bf16 on two
-# 80 GiB GPUs with a CPU as spill-over, keeping room for 8 sequences of 8k tokens:
+# in order, each layer with its share of a KV-cache reserve.
+#
+# A GPU's memory is not all for weights and KV cache. The forward pass needs room for its
+# activations (a prefill of a long prompt holds `[tokens, hidden]` and `[tokens, intermediate]`
+# tensors at once), the process's CUDA context and the libraries' workspaces take their share,
+# and the caching allocator loses some to fragmentation. A plan that fills a card to its last
+# byte fails at the first long prompt. So we keep a **headroom** fraction of every GPU budget
+# out of the plan (`headroom=0.1`: 10%; CPU budgets are planned in full). Here is Llama-3.1-70B in
+# bf16 on two 80 GiB GPUs with a CPU as spill-over, keeping room for 8 sequences of 8k tokens:
 
 # %%
+HEADROOM = 0.1
 budgets = {"cuda:0": "80GiB", "cuda:1": "80GiB", "cpu": "256GiB"}
-plan = plan_device_map("Llama-3.1-70B", budgets, reserve_kv=dict(batch=8, seq_len=8192), dtype="bf16")
+plan = plan_device_map("Llama-3.1-70B", budgets, reserve_kv=dict(batch=8, seq_len=8192), dtype="bf16",
+                       headroom=HEADROOM)
 print(plan)
 print(plan.summary())
 spec = get_spec("Llama-3.1-70B")
 print(f"\nper decoder layer: {spec.non_embedding_params / spec.num_layers * 2 / GiB:.2f} GiB of weights "
-      f"+ {plan.kv_per_layer / GiB:.2f} GiB of KV reserve; embedding table {spec.vocab_size * spec.hidden_size * 2 / GiB:.2f} GiB")
+      f"+ {plan.kv_per_layer / GiB:.2f} GiB of KV reserve; "
+      f"embedding table {spec.vocab_size * spec.hidden_size * 2 / GiB:.2f} GiB")
+
+
+def on_cpu(batch, headroom=HEADROOM):
+    p = plan_device_map("Llama-3.1-70B", budgets, reserve_kv=dict(batch=batch, seq_len=8192), dtype="bf16",
+                        headroom=headroom)
+    return p.layers_per_device()["cpu"]
+
+
+fits = max(b for b in range(1, 9) if on_cpu(b) == 0)
+print(f"\nwith {HEADROOM:.0%} headroom per GPU: {on_cpu(8)} decoder layers on the CPU for 8 x 8k; "
+      f"the largest reserve with every layer on the GPUs is {fits} x 8k")
+print(f"planning the GPUs to the last byte (headroom=0): {on_cpu(8, 0.0)} layers on the CPU for 8 x 8k")
 
 # %% [markdown]
 # Each GPU holds a run of layers, each layer with its weights and its share of the KV reserve;
-# the first GPU also holds the embedding table, the last one the final norm and the `lm_head`.
-# Nothing lands on the CPU — good, because a layer there would run at CPU speed on every token.
-# The same planner answers the questions a deployment starts with. What happens as the KV
-# reserve grows, or with a model without grouped-query attention?
+# the first GPU also holds the embedding table. With the headroom kept free, 8 sequences of 8k
+# tokens no longer fit on the two cards: the last layers, the final norm and the `lm_head` spill
+# onto the CPU, where they would run at CPU speed on every token. A planner that ignored the
+# headroom would have put everything on the GPUs — and the first long prefill would have run
+# out of memory. The printout says what does fit: a smaller KV reserve. The same planner
+# answers the other questions a deployment starts with. What happens as the KV reserve grows,
+# or with a model without grouped-query attention?
 
 # %%
 scenarios = [
@@ -123,22 +143,27 @@ for name, devs, batch, seq_len in scenarios:
            "weights GiB": spec.weight_bytes() / GiB, "KV reserve": f"{batch} x {seq_len // 1024}k",
            "KV GiB": spec.kv_cache_bytes(batch, seq_len) / GiB}
     try:
-        p = plan_device_map(name, devs, reserve_kv=dict(batch=batch, seq_len=seq_len), dtype="bf16")
+        p = plan_device_map(name, devs, reserve_kv=dict(batch=batch, seq_len=seq_len), dtype="bf16",
+                            headroom=HEADROOM)
         row["layers per device"] = ", ".join(f"{d}: {n}" for d, n in p.layers_per_device().items() if n)
     except ValueError as err:
         row["layers per device"] = "does not fit"
         print(f"{name} on {row['devices']}, KV for {row['KV reserve']}:\n  ValueError: {err}\n")
     rows.append(row)
 show_table(rows)
+# What the next paragraph says, checked:
+assert on_cpu(32) > on_cpu(8)  # a bigger KV reserve pushes more layers onto the CPU
+assert rows[3]["KV MiB/token"] > rows[0]["KV MiB/token"]  # Llama-2-7B (no GQA) vs Llama-3.1-70B
+assert rows[4]["layers per device"] == "does not fit" and rows[4]["weights GiB"] < 24 * (1 - HEADROOM)
 
 # %% [markdown]
-# Quadrupling the KV reserve pushes layers of the 70B model onto the CPU — it still "fits",
+# Quadrupling the KV reserve pushes more layers of the 70B model onto the CPU — it still "fits",
 # but those layers would now run at CPU speed, so in practice you would rather serve fewer
 # sequences or add a GPU. Without the CPU the plan fails, and the message says by how much and
 # what to change. Llama-2-7B has no GQA: every query head has its own key/value head, so each
 # of its tokens carries more KV cache than a token of the ten-times-larger Llama-3.1-70B (the
 # `KV MiB/token` column), and a reserve for 16 sequences of 4k tokens does not fit next to its
-# weights on a 24 GiB card, although the weights alone easily would.
+# weights on a 24 GiB card, although the weights alone would, headroom included.
 #
 # `dispatch_` carries out a plan: it moves every module to its device and hooks in the hops. We
 # can try it without GPUs: `"cpu:N"` labels are *simulated* devices (all the real CPU), so the
@@ -166,10 +191,11 @@ print(f"device hops per forward: {hops.hops}; logits identical to the unsplit mo
 # ## 2. Why batch, and why static batches waste
 #
 # Generating a token means reading every weight of the model once. Doing that for 16 sequences
-# at a time costs far less than 16 times as much — on a GPU almost nothing more, because the
-# weights are read once for all of them (Chapter 1's roofline). Even on a CPU, where the
-# arithmetic grows with the batch, batching pays. Let us measure one call of our batched greedy
-# loop, `greedy_generate`, for 16 new tokens at growing batch sizes:
+# at a time shares that read: Chapter 1's roofline predicts that on a GPU, where decoding is
+# bound by memory traffic, a step of a small batch costs little more than a step of one (a
+# prediction; this notebook does not measure it on a GPU). On a CPU the arithmetic grows with the
+# batch, so the gain is smaller — let us measure it: one call of our batched greedy loop,
+# `greedy_generate`, for 16 new tokens at growing batch sizes:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -202,8 +228,6 @@ output_lens = [rng.randint(8, 128) for _ in range(N_REQ)]
 starts = [rng.randrange(len(ids) - 256) for _ in range(N_REQ)]
 prompts = [ids[s:s + n] for s, n in zip(starts, prompt_lens)]
 
-from tutx.exercises.ch06 import static_batch_waste
-
 P16, O16 = prompt_lens[:16], output_lens[:16]
 width_p, width_o = max(P16), max(O16)
 slots = np.zeros((16, width_p + width_o), dtype=int)  # 0 padding, 1 prompt, 2 requested output, 3 wasted step
@@ -223,13 +247,11 @@ plt.show()
 pad = 1 - sum(P16) / (16 * width_p)
 idle = 1 - sum(O16) / (16 * width_o)
 print(f"prompt slots that are padding: {pad:.0%}; decode slots after a request was done: {idle:.0%}")
-for b in (1, 4, 16, 64):
-    print(f"whole workload in static batches of {b:2d}: {static_batch_waste(prompt_lens, output_lens, b):.0%} "
-          "of the token slots computed are waste")
 
 # %% [markdown]
-# Bigger batches amortise the weights better but waste more, because the longest member of a
-# bigger batch is longer. And waste is not the only cost: a request that wants a few tokens
+# Bigger batches amortise the weights better but tend to waste more, because the longest member
+# of a bigger batch is longer (Exercise 4 counts it for the whole workload at every batch size).
+# And waste is not the only cost: a request that wants a few tokens
 # waits for its batch's longest, and new requests cannot join until the whole batch is done.
 # Timing the 16-request batch above makes the waste concrete:
 
@@ -255,49 +277,33 @@ tutx.show(DynamicBatcher._run)
 
 # %% [markdown]
 # Let 40 clients send prompts of 16–48 tokens, each wanting 16 new tokens, at random moments
-# with a mean rate of 25 requests per second (exponential gaps, seeded). We serve them through
-# `DynamicBatcher(greedy_generate, max_batch_size=16)` and sweep `max_wait_ms`. For each setting
-# we measure each request's latency (arrival to answer), the achieved throughput, and how much
-# compute the server spent per request:
+# with a mean rate of 25 requests per second (exponential gaps, seeded). `replay` submits each
+# prompt at its moment to `DynamicBatcher(greedy_generate, max_batch_size=16)`; we sweep
+# `max_wait_ms` and measure each request's latency (arrival to answer), the achieved throughput,
+# and the throughput while the model was busy — what the server could sustain:
+
+# %%
+tutx.show(replay)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 rng = random.Random(1)
 N_CLIENTS, RATE, NEW = 40, 25.0, 16
 client_prompts = [ids[(s := rng.randrange(len(ids) - 48)): s + rng.randint(16, 48)] for _ in range(N_CLIENTS)]
-arrivals = np.cumsum([0] + [rng.expovariate(RATE) for _ in range(N_CLIENTS - 1)])  # seconds
+arrivals = poisson_arrivals(N_CLIENTS, RATE, seed=1)  # seconds
 
 
-async def serve(max_wait_ms):
-    busy = []
-
-    def generate_batch(batch):  # runs in a worker thread; the event loop keeps accepting requests
-        t = time.perf_counter()
-        out = greedy_generate(model, batch, max_new_tokens=NEW)
-        busy.append(time.perf_counter() - t)
-        return out
-
-    async with DynamicBatcher(generate_batch, max_batch_size=16, max_wait_ms=max_wait_ms) as batcher:
-        t0 = time.perf_counter()
-
-        async def client(i):
-            await asyncio.sleep(max(0.0, arrivals[i] - (time.perf_counter() - t0)))
-            sent = time.perf_counter()
-            await batcher.submit(client_prompts[i])
-            return sent, time.perf_counter()
-
-        times = await asyncio.gather(*(client(i) for i in range(N_CLIENTS)))
-    latency = np.array([done - sent for sent, done in times]) * 1e3
-    makespan = max(done for _, done in times) - t0
-    return {"max_wait_ms": max_wait_ms, "mean batch": batcher.stats.mean_batch_size,
-            "mean latency ms": latency.mean(), "p90 latency ms": np.percentile(latency, 90),
-            "tokens/s achieved": N_CLIENTS * NEW / makespan,
-            "tokens per busy second": N_CLIENTS * NEW / sum(busy)}
+def generate_batch(batch):  # runs in a worker thread; the event loop keeps accepting requests
+    return greedy_generate(model, batch, max_new_tokens=NEW)
 
 
 sweep = []
 for max_wait_ms in (0, 20, 50, 100, 200):
-    sweep.append(await serve(max_wait_ms))
+    r = await replay(generate_batch, client_prompts, arrivals, max_batch_size=16, max_wait_ms=max_wait_ms,
+                     units_per_item=NEW)
+    sweep.append({"max_wait_ms": max_wait_ms, "mean batch": r["mean batch"], "mean latency ms": r["mean latency ms"],
+                  "p90 latency ms": r["p90 latency ms"], "tokens/s achieved": r["units/s achieved"],
+                  "tokens per busy second": r["units per busy second"]})
 show_table(sweep, digits=1)
 
 # %%
@@ -352,64 +358,19 @@ tutx.show(tutx.engine.Scheduler.schedule)
 
 # %% [markdown]
 # To watch it work we give six requests to an engine with room for three at a time and record
-# what every step ran, by wrapping the model runner's `run` method (the one place that sees
-# each step's batch):
+# what every step ran. The engine reports each step as a `StepStats` record — prefill or decode,
+# which requests ran, every running request's block table, the pool's occupancy — to the hooks
+# registered with `engine.add_step_hook`; `StepRecorder` is such a hook that keeps them all
+# (Chapter 7's metrics read the same records):
 
 # %%
+tutx.show(tutx.engine.StepStats)
+
+
 def traced_engine(config):
-    """An engine whose every step is logged: which sequences ran, prefill or decode, and all block tables."""
+    """An engine and the recorder of its steps."""
     engine = LLMEngine(model, tok, config)
-    log, run = [], engine.runner.run
-
-    def spy(seqs, is_prefill):
-        log.append({"prefill": is_prefill, "ran": [s.request_id for s in seqs],
-                    "tables": {s.request_id: list(s.block_table) for s in engine.scheduler.running}})
-        return run(seqs, is_prefill)
-
-    engine.runner.run = spy
-    return engine, log
-
-
-def run_to_end(engine, requests):
-    """Queue ``(name, prompt, max_tokens)`` requests, step until done; the completions by name."""
-    for name, prompt, n in requests:
-        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), request_id=name)
-    done = {}
-    while engine.has_unfinished():
-        done.update((out.request_id, out.token_ids) for out in engine.step() if out.finished)
-    return done
-
-
-STATES = ["waiting", "prefill", "decode", "paused (holds its blocks)", "preempted (blocks freed)", "finished"]
-STATE_COLORS = ["white", "tab:orange", "tab:blue", "lightsteelblue", "tab:red", "0.85"]
-
-
-def plot_timeline(ax, log, names, labels, steps=None):
-    """One row per request, one column per engine step, coloured by what the request did."""
-    grid = np.zeros((len(names), len(log)), dtype=int)
-    for i, name in enumerate(names):
-        last = max(t for t, step in enumerate(log) if name in step["ran"])
-        started = False
-        for t, step in enumerate(log):
-            if name in step["ran"]:
-                grid[i, t], started = (1 if step["prefill"] else 2), True
-            elif t > last:
-                grid[i, t] = 5
-            elif name in step["tables"]:
-                grid[i, t] = 3  # running, but this step was another request's prefill
-            elif started:
-                grid[i, t] = 4
-    ax.imshow(grid, cmap=ListedColormap(STATE_COLORS), vmin=0, vmax=len(STATES) - 1, aspect="auto",
-              interpolation="nearest")
-    ax.set_yticks(range(len(names)), labels)
-    ax.set_xticks(range(len(log)), ["P" if step["prefill"] else "D" for step in log], fontsize=7)
-    ax.set_xticks(np.arange(-0.5, len(log)), minor=True)
-    ax.set_yticks(np.arange(-0.5, len(names)), minor=True)
-    ax.grid(False)
-    ax.grid(which="minor", color="0.6", lw=0.5)
-    ax.tick_params(which="minor", length=0)
-    ax.set_xlim(-0.5, (steps or len(log)) - 0.5)
-    ax.set_xlabel("engine step (P = prefill step, D = decode step)")
+    return engine, StepRecorder(engine)
 
 
 lengths = [(11, 6), (29, 3), (6, 12), (18, 5), (14, 9), (9, 4)]  # (prompt tokens, tokens wanted)
@@ -418,13 +379,12 @@ labels = [f"{name}: {p} + {n}" for (name, _, _), (p, n) in zip(requests, lengths
 roomy, roomy_log = traced_engine(EngineConfig(max_num_seqs=3, block_size=4, max_model_len=64))
 roomy_out = run_to_end(roomy, requests)
 fig, ax = plt.subplots(figsize=(10, 2.8))
-plot_timeline(ax, roomy_log, [r[0] for r in requests], labels)
+plot_timeline(ax, roomy_log.steps, [r[0] for r in requests], labels)
 ax.set_title("Continuous batching: 6 requests (prompt + wanted tokens), at most 3 running")
-fig.legend(handles=[Patch(facecolor=c, edgecolor="0.5", label=s) for s, c in zip(STATES, STATE_COLORS)],
-           loc="lower center", ncol=6, fontsize=8)
+state_legend(fig)
 plt.tight_layout(rect=(0, 0.1, 1, 1))
 plt.show()
-print(f"{len(roomy_log)} steps ({sum(s['prefill'] for s in roomy_log)} prefill); "
+print(f"{len(roomy_log)} steps ({sum(s.is_prefill for s in roomy_log.steps)} prefill); "
       f"a static batch of 3 would take {sum(max(n for _, n in lengths[i:i + 3]) for i in (0, 3))} forward passes "
       f"and leave each batch's short requests idle")
 
@@ -442,45 +402,12 @@ print(f"{len(roomy_log)} steps ({sum(s['prefill'] for s in roomy_log)} prefill);
 # look at the tables at the step when the pool is fullest:
 
 # %%
-def plot_block_tables(tables, num_blocks, title):
-    """Top: each sequence's block table (logical block → pool block). Bottom: the pool, by owner."""
-    names = sorted(tables)
-    palette = dict(zip(names, plt.get_cmap("tab10").colors))
-    owners = {}
-    for name in names:
-        for logical, block in enumerate(tables[name]):
-            owners.setdefault(block, []).append(f"{name}[{logical}]")
-    width = max(num_blocks, max(len(t) for t in tables.values()))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 0.45 * len(names) + 1.6),
-                                      gridspec_kw={"height_ratios": [len(names), 1.3]})
-    for row, name in enumerate(names):
-        for logical, block in enumerate(tables[name]):
-            shared = len(owners[block]) > 1
-            top.add_patch(plt.Rectangle((logical, row), 1, 1, facecolor=palette[name], edgecolor="k",
-                                        hatch="//" if shared else None, alpha=0.8))
-            top.text(logical + 0.5, row + 0.5, str(block), ha="center", va="center", fontsize=8)
-    top.set(xlim=(0, width), ylim=(len(names), 0), yticks=np.arange(len(names)) + 0.5, yticklabels=names,
-            xticks=np.arange(width) + 0.5, xticklabels=range(width),
-            xlabel="logical block (number = pool block it lives in)", title=title)
-    for block in range(num_blocks):
-        who = owners.get(block, [])
-        color = palette[who[0].split("[")[0]] if who else "white"
-        bottom.add_patch(plt.Rectangle((block, 0), 1, 1, facecolor=color, edgecolor="k",
-                                       hatch="//" if len(who) > 1 else None, alpha=0.8 if who else 1))
-        bottom.text(block + 0.5, 0.5, "\n".join(who), ha="center", va="center", fontsize=7)
-    bottom.set(xlim=(0, width), ylim=(0, 1), yticks=[], xticks=np.arange(width) + 0.5, xticklabels=range(width),
-               xlabel="pool block (white = free)")
-    for ax in (top, bottom):
-        ax.grid(False)
-    plt.tight_layout()
-    plt.show()
-
-
 tight, tight_log = traced_engine(EngineConfig(max_num_seqs=3, block_size=4, num_blocks=11, max_model_len=64))
 tight_out = run_to_end(tight, requests)
-fullest = max(range(len(tight_log)), key=lambda t: (sum(map(len, tight_log[t]["tables"].values())), t))
-plot_block_tables(tight_log[fullest]["tables"], tight.config.num_blocks,
-                  f"block tables at step {fullest} of the 11-block run (block_size = 4)")
+fullest = tight_log.fullest()
+plot_block_tables(fullest.block_tables, tight.config.num_blocks,
+                  f"block tables at step {fullest.step} of the 11-block run (block_size = 4)")
+plt.show()
 
 # %% [markdown]
 # Blocks are handed out from a free list and return to it when a request ends, so a table is
@@ -499,10 +426,9 @@ plot_block_tables(tight_log[fullest]["tables"], tight.config.num_blocks,
 fig, axes = plt.subplots(2, 1, figsize=(10, 5.4))
 steps = max(len(roomy_log), len(tight_log))
 for ax, log, title in ((axes[0], roomy_log, f"{roomy.config.num_blocks} blocks"), (axes[1], tight_log, "11 blocks")):
-    plot_timeline(ax, log, [r[0] for r in requests], labels, steps)
+    plot_timeline(ax, log.steps, [r[0] for r in requests], labels, steps)
     ax.set_title(title, fontsize=10)
-fig.legend(handles=[Patch(facecolor=c, edgecolor="0.5", label=s) for s, c in zip(STATES, STATE_COLORS)],
-           loc="lower center", ncol=6, fontsize=8)
+state_legend(fig)
 plt.tight_layout(rect=(0, 0.06, 1, 1))
 plt.show()
 print(f"preemptions: {tight.scheduler.num_preemptions}; steps: {len(tight_log)} instead of {len(roomy_log)}; "
@@ -533,11 +459,12 @@ for name, prompt, n in sharing:
 first = {out.request_id: out for out in shared.step()}  # one prefill step admits both
 bm = shared.block_manager
 for name, prompt, _ in sharing:
-    table, cached = shared_log[0]["tables"][name], first[name].num_cached_tokens
+    table, cached = shared_log.steps[0].block_tables[name], first[name].num_cached_tokens
     print(f"{name}: block table {table}, reference counts {[bm.blocks[b].ref_count for b in table]}; "
           f"prefill computed {len(prompt) - cached} of its {len(prompt)} prompt positions "
           f"({cached} came from the prefix cache)")
-plot_block_tables(shared_log[0]["tables"], 10, "prefix sharing: hatched blocks are held by both sequences")
+plot_block_tables(shared_log.steps[0].block_tables, 10, "prefix sharing: hatched blocks are held by both sequences")
+plt.show()
 completions = run_to_end(shared, [])  # decode both to the end
 alone = run_to_end(LLMEngine(model, tok, EngineConfig(block_size=8, enable_prefix_caching=False)), sharing)
 print("same completions as without sharing:", completions == alone)
@@ -665,17 +592,15 @@ show_table([{"method": name, "forward passes": passes, "token positions computed
 # The engine does the least work of the three batched methods *and* needs far fewer forward
 # passes than generating sequentially: it computes only the positions that were asked for, in
 # batches that stay as full as the queue allows. What that buys in wall time depends on what a
-# forward pass costs on the device. The verdict on this machine, computed from the measurements
-# above against the targets we set ourselves (at least 3× static batching, at least 10×
-# sequential):
+# forward pass costs on the device. On this machine, from the measurements above:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-vs_static = {name: results[name] / results["continuous batching, LLMEngine"] for name in results if "static" in name}
-vs_seq = results["sequential HF generate"] / results["continuous batching, LLMEngine"]
-for name, target in [*[(n, 3) for n in vs_static], ("sequential HF generate", 10)]:
-    ratio = vs_static.get(name, vs_seq)
-    print(f"engine vs {name}: {ratio:.1f}× (target {target}×: {'met' if ratio >= target else 'missed'})")
+engine_s = results["continuous batching, LLMEngine"]
+for name in results:
+    if name != "continuous batching, LLMEngine":
+        print(f"engine vs {name}: {results[name] / engine_s:.1f}× faster (wall time, same requested tokens)")
+vs_static = [n for n in results if "static" in n]
 static_slots = min(work[n][1] for n in vs_static) / work["continuous batching, LLMEngine"][1]
 print(f"\nThe static batches compute {static_slots:.1f}× the engine's token positions: the most the engine could "
       "gain from skipping waste if a forward pass cost only what its positions cost.\n")
@@ -699,10 +624,12 @@ plt.show()
 # more per position than `generate`, that overhead eats the work it saves, and the speed-ups
 # printed above fall short of the work ratio.
 #
-# Continuous batching is built for the other regime. On a GPU, a decode step of 64 sequences
-# costs about as much as a step of one — all of them share one read of the weights — so the
-# wall time follows the *forward passes*, where static batching pays for every padded row and
-# every step its longest member takes, and sequential generation pays one pass per token.
+# Continuous batching is built for the other regime. *Prediction, not measured here:* on a GPU,
+# where decoding the tiny model is bound by reading weights and launching kernels rather than by
+# arithmetic, a decode step of many sequences should cost little more than a step of one, so
+# the wall time would follow the *forward passes* — where static batching pays for every padded
+# row and every step its longest member takes, and sequential generation pays one pass per
+# token. The GPU check below is how that prediction gets tested.
 #
 # The GPU check (`scripts/gpu_checks/engine.py`) runs the same comparison with the tiny model in
 # fp16 on CUDA, and times our paged-decode Triton kernel against the dense flash-decoding kernel
@@ -767,6 +694,57 @@ def can_allocate_solution(num_tokens, block_size, num_free_blocks, num_held_bloc
 
 
 ch06.check_can_allocate(can_allocate_solution)
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
+# :label: ch06-blocks-to-admit
+#
+# **Build it: admission with prefix sharing.** The engine's `BlockManager.can_allocate` does
+# not ask for all of a prompt's blocks when the prefix cache already holds some of them. Write
+# `my_blocks_to_admit(prompt, block_size, cached)`: how many *free* blocks does admitting
+# `prompt` (a list of token ids) take? `cached` maps a prefix — a tuple of the first
+# `k * block_size` tokens of some earlier sequence — to `True` if the pool block that ends it is
+# held by a running sequence, `False` if it is free but still holds its content. Look the
+# prompt's leading full blocks up in order and stop at the first miss. A held block is shared
+# for free; a free cached block is reused but still leaves the free list; and the block that
+# holds the prompt's last token is never shared (its logits must be computed). The check runs
+# your function on hidden cases taken from a real `BlockManager`.
+# ```
+
+# %%
+def my_blocks_to_admit(prompt, block_size, cached):
+    ...  # your code here
+
+
+ch06.check_blocks_to_admit(my_blocks_to_admit)
+
+# %% [markdown]
+# ```{solution-start} ch06-blocks-to-admit
+# :class: dropdown
+# ```
+# Walk the full blocks from the start. A block ending at position `end` may be shared only if
+# the prompt goes on past it; the first prefix the cache does not know ends the walk, because a
+# block's identity is its whole prefix (the chained hash of Section 4).
+
+# %% [solution]
+def blocks_to_admit_solution(prompt, block_size, cached):
+    needed = -(-len(prompt) // block_size)
+    shared = 0
+    for i in range(needed):
+        end = (i + 1) * block_size
+        if end >= len(prompt):  # the block with the last token is computed, never shared
+            break
+        held = cached.get(tuple(prompt[:end]))
+        if held is None:  # first miss: no later block can be a hit
+            break
+        shared += held  # a free cached block is reused but still comes off the free list
+    return needed - shared
+
+
+ch06.check_blocks_to_admit(blocks_to_admit_solution)
 
 # %% [markdown]
 # ```{solution-end}
@@ -876,8 +854,9 @@ print({b: round(static_batch_waste_solution(prompt_lens, output_lens, b), 3) for
 #   the newest sequence is preempted and recomputed later, and identical prompt prefixes share
 #   blocks.
 # - On the same 64 requests our engine computes only the positions that were asked for, in
-#   about as few forward passes as one big static batch; the measured speed-ups on this machine
-#   are printed above, with the reason they are smaller on a CPU than on a GPU.
+#   about as few forward passes as one big static batch; the speed-ups measured on this machine
+#   are printed above, with the reason a CPU limits them (a forward pass there costs in
+#   proportion to the positions it computes).
 #
 # ## References
 #
