@@ -201,11 +201,20 @@ tutx.show(tutx.kernels.attention.online_softmax_stage)
 # %% [markdown]
 # The kernel itself loads one query block, runs the unmasked stage over the key blocks every row
 # sees in full, then the masked stage over the diagonal, and writes the output and the
-# log-sum-exp (for the backward pass). With grouped-query attention, query head $h$ simply reads
-# key/value head $h / (H_q / H_{kv})$ — no copy of $K$ and $V$ is ever made:
+# log-sum-exp (for the backward pass):
 
 # %%
 tutx.show(tutx.kernels.attention.flash_attention_kernel)
+
+# %% [markdown]
+# The opening load, shared with the sliding-window kernel of Section 4, is where grouped-query
+# attention happens: query head $h$ simply reads key/value head $h / (H_q / H_{kv})$ — no copy
+# of $K$ and $V$ is ever made:
+
+# %%
+from tutx.kernels.forward_common import load_query_tile
+
+tutx.show(load_query_tile)
 
 # %% [markdown]
 # `flash_attention(q, k, v, causal=...)` is the public wrapper: it checks its inputs, launches

@@ -32,6 +32,7 @@ from tutx.kernels._attention_common import (
 from tutx.kernels._dispatch import use_triton
 from tutx.kernels._triton import tl, triton
 from tutx.kernels.attention_bwd import flash_attention_backward
+from tutx.kernels.forward_common import load_query_tile, store_output
 from tutx.kernels.masks import causal_mask
 
 BACKENDS = ("auto", "triton", "sdpa")
@@ -92,17 +93,8 @@ def flash_attention_kernel(Q, K, V, O, LSE, qk_scale,
     """
     # Causal blocks near the end of the sequence have the most keys: launch them first.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = pid_bh % Hq
-    kvh = (h // GROUP).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_q = offs_m[:, None] < S_q
-    q_ptrs = Q + b * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_q, other=0.0)  # [BM, D]
-    K += b * stride_kb + kvh * stride_kh
-    V += b * stride_vb + kvh * stride_vh
+    b, h, offs_m, q, K, V = load_query_tile(Q, K, V, pid_m, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
+                                            stride_vb, stride_vh, Hq, GROUP, S_q, HEAD_DIM, BLOCK_M)  # q: [BM, D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -123,10 +115,7 @@ def flash_attention_kernel(Q, K, V, O, LSE, qk_scale,
     acc, l_i, m_i = online_softmax_stage(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, hi_full, hi, offs_m,
                                          S_k, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N)
 
-    acc = acc / l_i[:, None]
-    o_ptrs = O + b * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=in_q)
-    tl.store(LSE + pid_bh.to(tl.int64) * S_q + offs_m, m_i + tl.log2(l_i), mask=offs_m < S_q)
+    store_output(O, LSE, acc, l_i, m_i, b, h, offs_m, Hq, S_q, stride_ob, stride_oh, stride_om, HEAD_DIM)
 
 
 def flash_attention_forward(q, k, v, causal: bool, sm_scale: float):

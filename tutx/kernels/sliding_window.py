@@ -25,6 +25,7 @@ from tutx.kernels._attention_common import (
 from tutx.kernels._dispatch import use_triton
 from tutx.kernels._triton import tl, triton
 from tutx.kernels.attention import flash_attention_ref
+from tutx.kernels.forward_common import load_query_tile, store_output
 from tutx.kernels.masks import allowed, full_block_range, key_ranges, sliding_window_mask
 from tutx.kernels.sliding_window_bwd import sliding_window_backward
 
@@ -82,17 +83,8 @@ def sliding_window_attention_kernel(Q, K, V, O, LSE, VISITS, qk_scale,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid ``(cdiv(S_q, BM), B*Hq)``; with ``COUNT`` each program records how many key blocks it visited."""
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hq).to(tl.int64)
-    h = (pid_bh % Hq).to(tl.int64)
-    kvh = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    offs_d = tl.arange(0, HEAD_DIM)
-    in_q = offs_m[:, None] < S_q
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=in_q, other=0.0)  # [BM, D]
-    K += b * stride_kb + kvh * stride_kh
-    V += b * stride_vb + kvh * stride_vh
+    b, h, offs_m, q, K, V = load_query_tile(Q, K, V, pid_m, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
+                                            stride_vb, stride_vh, Hq, GROUP, S_q, HEAD_DIM, BLOCK_M)  # q: [BM, D]
     pos_q = offs_m + (S_k - S_q)  # absolute positions, [BM]
     p_last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, S_q) - 1 + (S_k - S_q)
     g_hi, lo, hi = key_ranges(pid_m * BLOCK_M + (S_k - S_q), p_last, S_k, window, n_global, CAUSAL, BLOCK_N)
@@ -110,14 +102,10 @@ def sliding_window_attention_kernel(Q, K, V, O, LSE, VISITS, qk_scale,
                                    window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, False)
     acc, l_i, m_i = _swa_fwd_range(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, full_hi, hi, pos_q, S_k,
                                    window, n_global, qk_scale, CAUSAL, HEAD_DIM, BLOCK_N, True)
-    l_i = tl.where(l_i > 0, l_i, 1.0)  # padded rows past S_q may see no key at all
-    acc = acc / l_i[:, None]
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-             acc.to(O.dtype.element_ty), mask=in_q)
-    tl.store(LSE + pid_bh.to(tl.int64) * S_q + offs_m, m_i + tl.log2(l_i), mask=offs_m < S_q)
+    store_output(O, LSE, acc, l_i, m_i, b, h, offs_m, Hq, S_q, stride_ob, stride_oh, stride_om, HEAD_DIM)
     if COUNT:
         visited = tl.cdiv(g_hi, BLOCK_N) + tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
-        tl.store(VISITS + pid_bh * S_q + pid_m, visited)  # row stride S_q >= #query blocks
+        tl.store(VISITS + (b * Hq + h) * S_q + pid_m, visited)  # row stride S_q >= #query blocks
 
 
 def sliding_window_forward(q, k, v, window, n_global, causal, sm_scale, count_blocks=False):
