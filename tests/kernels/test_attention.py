@@ -180,9 +180,25 @@ BAD_INPUTS = [
     (dict(sm_scale="0.1"), TypeError, "sm_scale: expected a number"),
     (dict(sm_scale=-1.0), ValueError, "sm_scale: expected a number > 0"),
     (dict(sm_scale=float("nan")), ValueError, "sm_scale: expected a finite number"),
-    (dict(backend="xformers"), ValueError, "backend: expected one of ('auto', 'triton', 'sdpa')"),
-    (dict(backend="flash_attn"), ValueError, "backend: expected one of"),
+    (dict(backend="xformers"), ValueError, "backend: expected one of ('auto', 'triton', 'sdpa', 'flash_attn')"),
 ]
+
+
+def _flash_attn_installed():
+    import importlib.util
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(_flash_attn_installed(), reason="flash-attn is installed")
+def test_flash_attn_backend_says_how_to_install_it():
+    with pytest.raises(ImportError, match=re.escape("pip install 'tutx[flash]'")):
+        flash_attention(**_bad(backend="flash_attn"))
+
+
+@pytest.mark.skipif(not _flash_attn_installed(), reason="flash-attn is not installed (an optional extra)")
+def test_flash_attn_backend_refuses_cpu_tensors():
+    with pytest.raises(ValueError, match="CUDA tensors only"):
+        flash_attention(**_bad(backend="flash_attn"))
 
 
 @pytest.mark.parametrize("changes,error,message", BAD_INPUTS)

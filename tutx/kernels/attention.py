@@ -35,7 +35,7 @@ from tutx.kernels.attention_bwd import flash_attention_backward
 from tutx.kernels.forward_common import load_query_tile, store_output
 from tutx.kernels.masks import causal_mask
 
-BACKENDS = ("auto", "triton", "sdpa")
+BACKENDS = ("auto", "triton", "sdpa", "flash_attn")
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). The big tiles are for A100/H100; the last entry of
 # each row fits a T4 (sm_75 needs more shared memory per tile: D=128 at 64x32 takes 48 KB of its
@@ -138,8 +138,9 @@ def flash_attention(q, k, v, causal: bool = False, sm_scale: float | None = None
     ``backend="triton"`` runs our kernel on CUDA tensors (fp16/bf16) or, under
     ``TRITON_INTERPRET=1``, on CPU tensors (fp32 too); elsewhere it runs
     :func:`flash_attention_ref`. Head dims below 128 that are not 32/64 are zero-padded to the next
-    of (32, 64, 128). ``"sdpa"`` calls PyTorch's ``scaled_dot_product_attention`` (same semantics,
-    for comparison); ``"auto"`` takes our kernel where it runs (CUDA fp16, or bf16 on sm_80+; the
+    of (32, 64, 128). ``"sdpa"`` calls PyTorch's ``scaled_dot_product_attention`` and
+    ``"flash_attn"`` the optional ``flash-attn`` package (CUDA only; ``pip install 'tutx[flash]'``) —
+    same semantics, for comparison; ``"auto"`` takes our kernel where it runs (CUDA fp16, or bf16 on sm_80+; the
     interpreter) and SDPA everywhere else (CPU, fp32 on CUDA).
     """
     check_choice("backend", backend, BACKENDS)
@@ -149,6 +150,8 @@ def flash_attention(q, k, v, causal: bool = False, sm_scale: float | None = None
         backend = "triton" if use_triton(q, k, v) and kernel_takes(q) else "sdpa"
     if backend == "sdpa":
         return _sdpa(q, k, v, causal, sm_scale)
+    if backend == "flash_attn":
+        return _flash_attn(q, k, v, causal, sm_scale)
     if not use_triton(q, k, v):
         return flash_attention_ref(q, k, v, causal, sm_scale)
     return run_attention_kernel(flash_attention_forward, flash_attention_backward, q, k, v, causal, sm_scale)
@@ -189,6 +192,20 @@ def _sdpa(q, k, v, causal, sm_scale):
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     return torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=sm_scale)
+
+
+def _flash_attn(q, k, v, causal, sm_scale):
+    """The ``flash-attn`` package (CUDA only; layout ``[B, S, H, D]``, causal aligned to the end)."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as err:
+        raise ImportError("backend='flash_attn' needs the flash-attn package: pip install 'tutx[flash]' "
+                          "(CUDA GPUs only), or use backend='triton' or 'sdpa'") from err
+    if q.device.type != "cuda":
+        raise ValueError(f"q: backend='flash_attn' runs on CUDA tensors only, got device {q.device}")
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                          softmax_scale=sm_scale, causal=causal)  # [B, S_q, Hq, D]
+    return out.transpose(1, 2)
 
 
 __all__ = ["BACKENDS", "flash_attention", "flash_attention_ref", "flash_attention_kernel", "flash_attention_forward",
