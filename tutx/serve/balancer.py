@@ -65,7 +65,8 @@ def create_balancer_app(backends: list[str], policy: str = "least-outstanding", 
 
     @asynccontextmanager
     async def lifespan(app):
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        # idle connections expire before uvicorn's 5 s keep-alive does: no reuse of a closing socket
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=2.0)
         client = state["client"] = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=2.0), limits=limits)
 
         async def health_loop():
@@ -111,9 +112,11 @@ def create_balancer_app(backends: list[str], policy: str = "least-outstanding", 
             replica.outstanding += 1
             try:
                 resp = await state["client"].send(upstream, stream=True)
-            except httpx.TransportError:  # nothing was sent to the client yet: eject and retry
+            except httpx.TransportError as exc:  # nothing was sent to the client yet: retry elsewhere
                 replica.outstanding -= 1
-                replica.healthy, replica.failures = False, replica.failures + 1
+                replica.failures += 1
+                if isinstance(exc, httpx.ConnectError):  # refused: it is down (the health check re-admits it)
+                    replica.healthy = False
                 continue
             if resp.status_code == 503 and len(tried) < len(replicas):  # draining: try another
                 await resp.aclose()

@@ -32,6 +32,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-ttl", type=float, default=600.0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: tutx.device.get())")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--keep-alive", type=float, default=30.0,
+                   help="seconds an idle HTTP connection stays open (longer than clients' pools keep theirs)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -66,7 +68,8 @@ def build_server(args):
                           cache_size=args.cache_size, cache_ttl=args.cache_ttl)
     app = create_app(engine, config)
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5), app.state.tutx)
+                                           timeout_graceful_shutdown=5, timeout_keep_alive=args.keep_alive),
+                                app.state.tutx)
     return app, server
 
 
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     from tutx.serve.balancer import create_balancer_app
 
     app = create_balancer_app(args.backend, args.policy, health_interval=args.health_interval)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                timeout_keep_alive=30)
     return 0
 
 
