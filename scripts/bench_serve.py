@@ -97,9 +97,9 @@ async def cache_hits(url: str, total: int, concurrency: int = 32) -> float:
     return total / (time.perf_counter() - t0)
 
 
-def overhead(url: str, engine, reps: int) -> tuple[float, float]:
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    body = {"model": "tiny", "prompt": "JULIET:", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+def overhead(url: str, engine, reps: int, max_tokens: int) -> tuple[float, float]:
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    body = {"model": "tiny", "prompt": "JULIET:", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
     direct, http = [], []
     with httpx.Client(base_url=url, timeout=60) as c:
         for i in range(reps + 3):
@@ -148,9 +148,10 @@ def main() -> None:
     url, proc = start_server(args.threads, "--max-num-seqs", "16", "--cache-size", "0")
     try:
         engine = LLMEngine(model, tok, EngineConfig(max_num_seqs=16))
-        d, h = overhead(url, engine, args.reps)
-        print(f"2. server overhead: p50 {1e3 * (h - d):.1f} ms per request (HTTP {1e3 * h:.1f} ms vs engine "
-              f"direct {1e3 * d:.1f} ms; 8 greedy tokens, {args.reps} interleaved pairs)")
+        for n in (1, 16):
+            d, h = overhead(url, engine, args.reps, n)
+            print(f"2. server overhead, {n:2d} token(s): p50 {1e3 * (h - d):.1f} ms per request (HTTP {1e3 * h:.1f} ms "
+                  f"vs engine direct {1e3 * d:.1f} ms; greedy, {args.reps} interleaved pairs)")
     finally:
         stop(proc)
 
