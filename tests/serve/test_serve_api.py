@@ -218,3 +218,24 @@ def test_logprobs_completion_chat_and_scoring(client, tiny):
     stream = client.completions.create(model="tiny", prompt="KING:", max_tokens=4, temperature=0.5, seed=3,
                                        logprobs=1, stream=True)
     assert sum(len(ch.choices[0].logprobs.tokens) for ch in stream if ch.choices and ch.choices[0].logprobs) == 4
+
+
+def test_concurrent_clients_share_engine_steps(server):
+    """Requests from many clients run in the same engine steps (no per-request lock)."""
+    import asyncio
+
+    url, _, app = server
+    sizes = []
+    hook = lambda stats, outputs: sizes.append(len(outputs))  # noqa: E731 (runs in the worker thread)
+    front = app.state.tutx.front
+    front.step_hooks.append(hook)
+    try:
+        async def run():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                body = {"model": "tiny", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+                return await asyncio.gather(*(c.post("/v1/completions", json={**body, "prompt": f"Lord {i}:"})
+                                              for i in range(6)))
+        assert all(r.status_code == 200 for r in asyncio.run(run()))
+    finally:
+        front.step_hooks.remove(hook)
+    assert max(sizes) >= 4, sizes

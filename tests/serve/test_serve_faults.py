@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from tutx.serve import ServerConfig, create_app, parse_sse
@@ -112,6 +113,10 @@ def test_step_crash_fails_its_requests_and_the_server_goes_on(tiny):
 
 def test_sigterm_drains_running_requests_and_refuses_new_ones():
     with subprocess_server("--shutdown-timeout", "20", "--cache-size", "0") as (url, proc):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)  # `tutx serve` as shipped
+        streamed = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hail!"}],
+                                                  max_tokens=8, temperature=0, stream=True)
+        assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] in ("stop", "length")
         result = {}
 
         def long_stream():

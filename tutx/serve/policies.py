@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tutx._validate import check_choice, check_int, check_number
 
+#: The balancing policies ``Balancer`` and ``tutx serve-balancer --policy`` accept.
 POLICIES = ("round-robin", "least-outstanding", "power-of-two", "prefix-affinity")
 
 
