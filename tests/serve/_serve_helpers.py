@@ -13,6 +13,14 @@ import time
 import httpx
 
 
+def make_engine(tiny, **kw):
+    """An LLMEngine on ``tiny = (model, tokenizer)``, 8 sequences unless ``kw`` says otherwise."""
+    from tutx.engine import EngineConfig, LLMEngine
+
+    model, tok = tiny
+    return LLMEngine(model, tok, EngineConfig(**{"max_num_seqs": 8, **kw}))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _serve_helpers import thread_server  # noqa: E402 (tests/serve is on sys.path through rootdir conftest)
+from _serve_helpers import make_engine, thread_server
 
 
 @pytest.fixture(scope="module")
@@ -15,13 +15,6 @@ def tiny():
     torch.set_num_threads(1)
     yield load_tiny()
     torch.set_num_threads(n)
-
-
-def make_engine(tiny, **kw):
-    from tutx.engine import EngineConfig, LLMEngine
-
-    model, tok = tiny
-    return LLMEngine(model, tok, EngineConfig(**{"max_num_seqs": 8, **kw}))
 
 
 @pytest.fixture(scope="module")

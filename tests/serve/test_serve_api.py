@@ -8,8 +8,7 @@ import pytest
 from tutx.engine import SamplingParams
 from tutx.serve import ServerConfig, create_app, parse_sse
 
-from _serve_helpers import thread_server
-from conftest import make_engine
+from _serve_helpers import make_engine, thread_server
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import pytest
 
 from tutx.serve import ServerConfig, create_app, parse_sse
 
-from _serve_helpers import subprocess_server, thread_server
-from conftest import make_engine
+from _serve_helpers import make_engine, subprocess_server, thread_server
 
 LONG = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 400, "temperature": 0, "ignore_eos": True}
 

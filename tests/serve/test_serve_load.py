@@ -15,8 +15,7 @@ import httpx
 from tutx.engine import SamplingParams
 from tutx.serve import ServerConfig, create_app
 
-from _serve_helpers import thread_server
-from conftest import make_engine
+from _serve_helpers import make_engine, thread_server
 
 NUM_REQUESTS, CONCURRENCY, CUT_EVERY = 1000, 64, 10
 TIME_LIMIT = 150.0

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tutx.serve import ServerConfig, create_app
 
-from _serve_helpers import thread_server
-from conftest import make_engine
+from _serve_helpers import make_engine, thread_server
 
 
 @pytest.fixture(scope="module")
