@@ -136,3 +136,24 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones():
         events = result["events"]
         assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
         assert len("".join(e["choices"][0]["text"] for e in events[:-1])) > 0
+
+
+def test_sigterm_aborts_what_outlasts_the_shutdown_timeout():
+    with subprocess_server("--shutdown-timeout", "0.5", "--cache-size", "0") as (url, proc):
+        result = {}
+
+        def long_stream():
+            with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "max_tokens": 480, "stream": True},
+                              timeout=60) as r:
+                result["events"] = parse_sse("".join(r.iter_text()))
+
+        t = threading.Thread(target=long_stream)
+        t.start()
+        wait_until(lambda: 'tutx:num_requests_running{model_name="tiny"} 1.0' in httpx.get(f"{url}/metrics").text,
+                   30, "the stream to run")
+        proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        assert proc.wait(30) == 0
+        events = result["events"]
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "aborted"
+        assert len(events) < 480  # cut short, not run to the end
