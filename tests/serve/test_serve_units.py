@@ -96,3 +96,15 @@ def test_server_config_checks():
         ServerConfig(request_timeout="1")
     with pytest.raises(ValueError, match="api_key"):
         ServerConfig(api_key="")
+
+
+def test_cli_reports_bad_settings():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tutx.serve.cli", "serve", "--max-queued", "-1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "max_queued" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "tutx.serve.cli", "serve-balancer", "--backend", "nowhere"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "backends" in r.stderr

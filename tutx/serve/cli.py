@@ -14,6 +14,8 @@ import asyncio
 import signal
 import sys
 
+import uvicorn
+
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="'tiny' (shipped, offline), a model folder or a Hub name")
@@ -50,22 +52,22 @@ def _balancer_args(p: argparse.ArgumentParser) -> None:
 def build_server(args):
     """``(app, uvicorn.Server)`` for ``tutx serve`` arguments, with the SIGTERM drain installed."""
     import torch
-    import uvicorn
 
     from tutx.engine import EngineConfig, LLMEngine
     from tutx.models import load
     from tutx.serve.app import create_app
     from tutx.serve.config import ServerConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tokenizer = load(args.model, device=args.device)
-    engine = LLMEngine(model, tokenizer, EngineConfig(max_num_seqs=args.max_num_seqs, num_blocks=args.num_blocks,
-                                                      max_model_len=args.max_model_len))
     config = ServerConfig(model_name=args.served_model_name or args.model, api_key=args.api_key,
                           max_queued=args.max_queued, request_timeout=args.request_timeout,
                           max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
-                          cache_size=args.cache_size, cache_ttl=args.cache_ttl)
+                          cache_size=args.cache_size, cache_ttl=args.cache_ttl)  # checked before the model loads
+    engine_config = EngineConfig(max_num_seqs=args.max_num_seqs, num_blocks=args.num_blocks,
+                                 max_model_len=args.max_model_len)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load(args.model, device=args.device)
+    engine = LLMEngine(model, tokenizer, engine_config)
     app = create_app(engine, config)
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5, timeout_keep_alive=args.keep_alive),
@@ -73,36 +75,27 @@ def build_server(args):
     return app, server
 
 
-def _draining_server_class():
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM drains (503 to new requests and /health) before the usual shutdown."""
 
-    class _Draining(uvicorn.Server):
-        """uvicorn, but the first SIGTERM drains (503 to new requests) before the usual shutdown."""
+    def __init__(self, config, state):
+        super().__init__(config)
+        self.state, self._drain_started = state, False
 
-        def __init__(self, config, state):
-            super().__init__(config)
-            self.state, self._drain_started = state, False
+    def handle_exit(self, sig, frame):
+        if sig != signal.SIGTERM or self._drain_started:
+            return super().handle_exit(sig, frame)
+        self._drain_started = True
+        self.state.draining = True
+        loop = asyncio.get_event_loop()  # signal handlers run in the main thread, which runs the loop
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
-        def handle_exit(self, sig, frame):
-            if sig != signal.SIGTERM or self._drain_started:
-                return super().handle_exit(sig, frame)
-            self._drain_started = True
-            self.state.draining = True
-            loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
-
-        async def _drain(self):
-            st = self.state
-            if not await st.front.wait_idle(st.config.shutdown_timeout):
-                st.front.stop()  # abort what is left; its clients get an error event or a 500
-            await asyncio.sleep(0.05)  # let the last chunks reach their sockets
-            self.should_exit = True
-
-    return _Draining
-
-
-def DrainingServer(config, state):  # noqa: N802 (a class built lazily: uvicorn is imported on use)
-    return _draining_server_class()(config, state)
+    async def _drain(self):
+        st = self.state
+        if not await st.front.wait_idle(st.config.shutdown_timeout):
+            st.front.stop()  # abort what is left: its clients get an error event or a 503
+        await asyncio.sleep(0.05)  # let the last chunks reach their sockets
+        self.should_exit = True
 
 
 def main(argv=None) -> int:
@@ -112,14 +105,18 @@ def main(argv=None) -> int:
     _balancer_args(sub.add_parser("serve-balancer", help="a load balancer over tutx serve replicas"))
     args = parser.parse_args(argv)
     if args.command == "serve":
-        _, server = build_server(args)
+        try:
+            _, server = build_server(args)
+        except (TypeError, ValueError) as exc:  # a bad setting: say which, as argparse does
+            parser.error(str(exc))
         server.run()
         return 0
-    import uvicorn
-
     from tutx.serve.balancer import create_balancer_app
 
-    app = create_balancer_app(args.backend, args.policy, health_interval=args.health_interval)
+    try:
+        app = create_balancer_app(args.backend, args.policy, health_interval=args.health_interval)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
                 timeout_keep_alive=30)
     return 0
