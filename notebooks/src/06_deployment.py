@@ -184,7 +184,7 @@ print(f"device hops per forward: {hops.hops}; logits identical to the unsplit mo
 # %% [markdown]
 # The tied `lm_head` shares its weight with the embedding table, so it stays on `cpu:0` and the
 # last hidden state hops back there for the logits. On real GPUs each hop copies one
-# `[batch, tokens, hidden]` activation — cheap next to the layers — but while `cuda:1` computes,
+# `[batch, tokens, hidden]` activation — far fewer bytes than a layer's weights — but while `cuda:1` computes,
 # `cuda:0` idles. Chapter 5's tensor parallelism keeps every GPU busy instead, at the price of
 # communication inside every layer.
 #
@@ -411,7 +411,7 @@ plt.show()
 
 # %% [markdown]
 # Blocks are handed out from a free list and return to it when a request ends, so a table is
-# rarely contiguous — which costs nothing, since the kernel looks each page up anyway. No
+# rarely contiguous — which the kernel does not mind, since it looks each page up anyway. No
 # sequence holds more than one partly filled block: at most `block_size - 1` slots per sequence
 # are reserved but empty, instead of `max_model_len - len` for a contiguous cache
 # {cite}`kwon2023efficient`.
