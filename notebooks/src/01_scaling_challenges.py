@@ -124,8 +124,8 @@ show_table([{"part": k, "parameters": v, "share": f"{v / spec.n_params:.1%}"} fo
 # compares models with **one protocol**, `tutx.models.heldout_perplexity`: the first 40,000
 # characters of plays the model never saw, cut into windows of 256 tokens with stride 256 (each
 # token is scored once, with the context of its window). A different protocol gives a different
-# number for the same model — the model card's figure is over the whole held-out text with
-# 512-token windows — so only numbers from the same protocol are compared.
+# number for the same model — the model card's figure uses longer windows over the whole
+# held-out text — so only numbers from the same protocol are compared.
 
 # %%
 from tutx.models import HELDOUT_CHARS, HELDOUT_WINDOW
@@ -346,6 +346,7 @@ show_table(rows)
 # %%
 kv2, kv3 = (get_spec(n).kv_cache_bytes_per_token("bf16") / 1024 for n in ("Llama-2-7B", "Llama-3.1-8B"))
 assert (kv2, kv3) == (512, 128)
+assert (get_spec("Llama-2-7B").num_kv_heads, get_spec("Llama-3.1-8B").num_kv_heads) == (32, 8)
 assert get_spec("Llama-3.1-70B").weight_bytes("bf16") > get_hardware("H100-SXM").memory_bytes
 mix = get_spec("Mixtral-8x7B")
 print(f"Mixtral-8x7B: {mix.n_params / 1e9:.1f}B parameters in memory, {mix.active_params / 1e9:.1f}B used per token "
