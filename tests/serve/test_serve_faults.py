@@ -34,9 +34,9 @@ def all_free(engine, app):
 
 @pytest.fixture(scope="module")
 def small(tiny):
-    """A server with room for 2 running + 2 queued sequences, a 2 s timeout, no cache."""
+    """A server with room for 2 running + 2 queued sequences, no cache."""
     engine = make_engine(tiny, max_num_seqs=2)
-    app = create_app(engine, ServerConfig(max_queued=2, cache_size=0, request_timeout=2.0))
+    app = create_app(engine, ServerConfig(max_queued=2, cache_size=0))
     with thread_server(app) as url:
         yield url, engine, app
 
@@ -79,14 +79,16 @@ def test_non_stream_disconnect_aborts(small):
     assert app.state.tutx.front.stats.num_steps - steps < 350  # it stopped early: not all 400 tokens
 
 
-def test_request_timeout(small):
-    url, engine, app = small
-    r = httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 500, "prompt": "A"}, timeout=30)
-    assert r.status_code == 408 and r.json()["error"]["code"] == "timeout"
-    events = parse_sse(httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 500, "prompt": "A",
-                                                                 "stream": True}, timeout=30).text)
-    assert events[-2]["error"]["code"] == "timeout" and events[-1] == "[DONE]"
-    wait_until(lambda: all_free(engine, app), what="blocks freed after the timeout")
+def test_request_timeout(tiny):
+    engine = make_engine(tiny)
+    app = create_app(engine, ServerConfig(cache_size=0, request_timeout=0.3))  # 480 steps take longer anywhere
+    with thread_server(app) as url:
+        r = httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 480, "prompt": "A"}, timeout=30)
+        assert r.status_code == 408 and r.json()["error"]["code"] == "timeout"
+        events = parse_sse(httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 480, "prompt": "A",
+                                                                     "stream": True}, timeout=30).text)
+        assert events[-2]["error"]["code"] == "timeout" and events[-1] == "[DONE]"
+        wait_until(lambda: all_free(engine, app), what="blocks freed after the timeout")
 
 
 def test_step_crash_fails_its_requests_and_the_server_goes_on(tiny):
@@ -119,7 +121,7 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones():
         result = {}
 
         def long_stream():
-            body = {**LONG, "max_tokens": 150, "stream": True}
+            body = {**LONG, "max_tokens": 400, "stream": True}  # long enough to still run while we look
             with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
                 result["events"] = parse_sse("".join(r.iter_text()))
 

@@ -108,3 +108,14 @@ def test_cli_reports_bad_settings():
     r = subprocess.run([sys.executable, "-m", "tutx.serve.cli", "serve-balancer", "--backend", "nowhere"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "backends" in r.stderr
+
+
+def test_start_server_checks_its_arguments():
+    from tutx.serve import start_server
+
+    with pytest.raises(ValueError, match="command"):
+        start_server(command="serve-everything")
+    with pytest.raises(ValueError, match="port"):
+        start_server(port=0)
+    with pytest.raises(TypeError, match="threads"):
+        start_server(threads="2")
