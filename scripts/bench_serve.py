@@ -68,7 +68,8 @@ async def _post_keepalive(reader, writer, raw: bytes) -> tuple[int, bytes]:
     writer.write(raw)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
     return status, await reader.readexactly(length)
 
 

@@ -217,9 +217,10 @@ for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_
 # ## 4. Under load
 #
 # A bounded load test: for each concurrency level, that many clients send short greedy requests
-# (24 tokens each, 24 requests per level, each prompt different so the cache cannot help) as fast as they can. The engine batches them, so the
-# throughput grows with concurrency while each request's latency grows more slowly — until the
-# batch is full (`--max-num-seqs 8`) and requests start to queue.
+# (24 tokens each, 24 requests per level, each prompt different so the cache cannot help) as
+# fast as they can. The engine batches them, so the throughput grows with concurrency while
+# each request's latency grows more slowly — until the batch is full (`--max-num-seqs 8`) and
+# requests start to queue.
 
 # %%
 async def load(url: str, concurrency: int, total: int, max_tokens: int = 24, tag: str = "") -> dict:

@@ -103,7 +103,8 @@ def _sse_cases(seed: int = 11, n: int = 12) -> list[tuple]:
     for _ in range(n):
         parts = []
         for k in range(rng.randint(1, 5)):
-            payload = json.dumps({"index": k, "text": rng.choice(["Hail", " thee", "\n", "é"])}, indent=rng.choice([None, 1]))
+            payload = json.dumps({"index": k, "text": rng.choice(["Hail", " thee", "\n", "é"])},
+                                 indent=rng.choice([None, 1]))
             lines = [f"data:{rng.choice([' ', ''])}{line}" for line in payload.split("\n")]
             if rng.random() < 0.3:
                 lines.insert(0, rng.choice([": keep-alive", "event: chunk", "id: 7", "retry: 100"]))

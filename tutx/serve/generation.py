@@ -97,7 +97,8 @@ async def run_plan(request, plan: Plan):
     if cached is not None:
         tracker.choices = list(cached)
         if plan.stream:
-            return StreamingResponse(_replay(plan, rid, cached, tracker, st.engine.tokenizer), media_type="text/event-stream")
+            return StreamingResponse(_replay(plan, rid, cached, tracker, st.engine.tokenizer),
+                                     media_type="text/event-stream")
         tracker.done()
         return JSONResponse(final_body(plan, rid, cached, st.engine.tokenizer))
     handle, timer = _submit(st, plan)
