@@ -97,7 +97,7 @@ def test_step_crash_fails_its_requests_and_the_server_goes_on(tiny):
     real_step, armed = engine.step, threading.Event()
 
     def flaky_step():
-        if armed.is_set() and engine.scheduler.running:
+        if armed.is_set() and engine.num_running:
             armed.clear()
             raise RuntimeError("injected fault")
         return real_step()

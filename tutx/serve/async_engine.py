@@ -192,8 +192,7 @@ class AsyncEngine:
     # -- the worker thread -----------------------------------------------------------------
     def _snapshot(self, num_steps: int, step_s: float) -> EngineStats:
         e = self.engine
-        return EngineStats(len(e.scheduler.running), len(e.scheduler.waiting),
-                           e.block_manager.num_free_blocks, e.config.num_blocks,
+        return EngineStats(e.num_running, e.num_waiting, e.num_free_blocks, e.config.num_blocks,
                            e.scheduler.num_preemptions, num_steps, step_s)
 
     def _send(self, batch: list) -> None:
