@@ -90,3 +90,46 @@ def test_wrong_answers_name_the_case():
 def test_not_a_function():
     with pytest.raises(TypeError, match="check_pack_int4\\(fn\\): expected a function"):
         ch03.check_pack_int4("pack")
+
+
+# ------------------------------------------------------------------ the build-it exercises
+def _ste_forward(w, scale, zero, qmin, qmax):
+    return scale * (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero)
+
+
+def test_ste_needs_a_straight_through_gradient():
+    with pytest.raises(AssertionError, match=r"check_fake_quant_ste: case 1/4 .*output 1: values differ"):
+        ch03.check_fake_quant_ste(_ste_forward)  # autograd through round: zero gradient everywhere
+
+    def detached(w, scale, zero, qmin, qmax):
+        with torch.no_grad():
+            return _ste_forward(w, scale, zero, qmin, qmax)
+
+    with pytest.raises(AssertionError, match="carries no gradient"):
+        ch03.check_fake_quant_ste(detached)
+
+
+def test_ste_with_an_identity_gradient_everywhere_fails_where_weights_are_clipped():
+    reference, wrong = ch03.CONTRACT["check_fake_quant_ste"]
+    with pytest.raises(AssertionError, match=r"case 2/4 .*output 1: values differ"):  # case 1 clips nothing
+        ch03.check_fake_quant_ste(wrong)
+
+
+def test_mse_clip_search(capsys):
+    reference, wrong = ch03.CONTRACT["check_mse_clip_scale"]
+    ch03.check_mse_clip_scale(reference)
+    assert "✅ check_mse_clip_scale: all 4 cases passed" in capsys.readouterr().out
+
+    def coarse_grid(w, bits):  # only every tenth ratio: misses the optimum
+        qmax = 2 ** (bits - 1) - 1
+        cands = [k / 100 * float(w.abs().max()) / qmax for k in range(20, 101, 10)]
+        errs = [float(((s * torch.clamp(torch.round(w / s), -qmax, qmax) - w) ** 2).mean()) for s in cands]
+        s = cands[errs.index(min(errs))]
+        return s * torch.clamp(torch.round(w / s), -qmax, qmax)
+
+    with pytest.raises(AssertionError, match="check_mse_clip_scale: case"):
+        ch03.check_mse_clip_scale(coarse_grid)
+
+
+def test_public_names_are_the_checks():
+    assert all(n.startswith("check_") for n in ch03.__all__) and set(ch03.CONTRACT) == set(ch03.__all__)

@@ -15,12 +15,18 @@ from tutx.quant import (
     layer_bytes,
     layer_sensitivity,
     model_weight_bytes,
-    output_kl_fn,
-    plan_bytes,
-    upgrade_path,
+    quantize_,
 )
-from tutx.quant.mixed import quantized_layer
+from tutx.quant.mixed_precision import plan_bytes, upgrade_path
+from tutx.quant.sensitivity import config_for_bits, output_kl_fn
 from _tiny import tiny_llama
+
+
+def _quantized(lin, bits, group_size):
+    """``lin`` at ``bits`` through the one dispatch, quantize_ with a {fqn: config} dict."""
+    holder = nn.Sequential(lin)
+    quantize_(holder, {"0": config_for_bits(bits, group_size)})
+    return holder[0]
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +60,7 @@ def test_layer_bytes_are_what_the_quantized_modules_take():
     for fqn, by_bits in sizes.items():
         lin = model.get_submodule(fqn)
         for bits in (4, 8, 16):
-            assert by_bits[bits] == model_weight_bytes(quantized_layer(lin, bits, group_size=32)), (fqn, bits)
+            assert by_bits[bits] == model_weight_bytes(_quantized(lin, bits, group_size=32)), (fqn, bits)
         assert by_bits[4] < by_bits[8] < by_bits[16]
 
 
@@ -100,6 +106,11 @@ def test_sensitivity_by_perplexity_on_the_tiny_lm():
     assert 10 < sens.baseline < 200 and all(10 < s[4] < 200 for s in sens.scores.values())
 
 
+class _Tok:
+    def encode(self, text):
+        return [1, 2, 3]
+
+
 def test_bad_sensitivity_inputs():
     model = tiny_llama()
     kl = output_kl_fn(model, _ids())
@@ -111,6 +122,8 @@ def test_bad_sensitivity_inputs():
         layer_sensitivity(model, 42, progress=False)
     with pytest.raises(ValueError, match="text: only used with a tokenizer"):
         layer_sensitivity(model, kl, text="hello", progress=False)
+    with pytest.raises(ValueError, match="text: a tokenizer needs the text"):
+        layer_sensitivity(tiny_llama(), _Tok(), progress=False)
     with pytest.raises(ValueError, match="eval_fn: returned nan"):
         layer_sensitivity(model, lambda m: float("nan"), progress=False)
     with pytest.raises(ValueError, match="input_ids: expected an integer tensor"):
@@ -181,7 +194,7 @@ def test_a_bad_plan_leaves_the_model_untouched():
     model = tiny_llama()
     names = sorted(layer_bytes(model, group_size=32))
     for plan, match in [({names[0]: 4, names[1]: 5}, "has bits=5"), ({names[0]: 8, "model.nope": 4}, "no module"),
-                        ({"model.norm": 8}, "expected an un-quantized nn.Linear")]:
+                        ({"model.norm": 8}, "is a LlamaRMSNorm, expected an nn.Linear")]:
         with pytest.raises(ValueError, match=match):
             apply_mixed_precision_(model, plan, group_size=32)
         assert all(type(model.get_submodule(f)) is nn.Linear for f in names)
@@ -209,4 +222,4 @@ def test_frontier_on_the_tiny_lm():
     after = _state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model is unchanged
     with pytest.raises(ValueError, match="budgets: .* below"):
-        frontier(model, tok, [floor - 1], progress=False)
+        frontier(model, tok, [floor - 1], text="x", progress=False)

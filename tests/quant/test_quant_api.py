@@ -12,13 +12,12 @@ from tutx.quant import (
     Int8DynamicActivationInt8Weight,
     Int8WeightOnly,
     Int8WeightOnlyLinear,
-    apply_plan_,
     load_quantized,
     model_weight_bytes,
-    quantization_plan,
     quantize_,
     save_quantized,
 )
+from tutx.quant.api import apply_plan_, quantization_plan
 from tutx.quant.modules import QUANTIZED_LINEARS
 from _tiny import tiny_llama
 

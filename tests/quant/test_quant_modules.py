@@ -132,7 +132,7 @@ def test_errors():
         Int8WeightOnlyLinear.from_linear(nn.Linear(32, 4, device="meta"))
     with pytest.raises(ValueError, match=r"x: expected last dimension 32, got shape \(2, 16\)"):
         Int8WeightOnlyLinear.from_linear(nn.Linear(32, 4))(torch.randn(2, 16))
-    with pytest.raises(ValueError, match="out_features: expected a positive int"):
+    with pytest.raises(ValueError, match="out_features: expected an int >= 1, got 0"):
         Int8WeightOnlyLinear(32, 0)
 
 

@@ -23,7 +23,7 @@ def test_roundtrip_error_is_at_most_half_a_step(bits, symmetric, gran):
     assert q.data.dtype == (torch.int8 if symmetric else torch.uint8)
     qmin, qmax = P.qrange(bits, symmetric)
     assert int(q.data.min()) >= qmin and int(q.data.max()) <= qmax
-    scale_full = P._broadcast(q.scale, x, q.axis, q.group_size)
+    scale_full = P.broadcast_qparams(q.scale, x, q.axis, q.group_size)
     err = (q.dequantize() - x).abs()
     assert bool((err <= scale_full / 2 + 1e-6).all())  # min-max range: nothing is clipped
 
@@ -96,16 +96,22 @@ def test_given_qparams_are_used_and_values_outside_are_clipped():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(bits=3), "bits: expected 4 or 8, got 3"),
-    (dict(bits=True), "bits: expected 4 or 8"),
+    (dict(bits=3), r"bits: expected one of \(4, 8\), got 3"),
     (dict(group_size=48), r"group_size: 48 does not divide the last dimension \(64\)"),
-    (dict(group_size=0), "group_size: expected a positive int"),
+    (dict(group_size=0), "group_size: expected an int >= 1, got 0"),
     (dict(axis=2), "axis: expected None or an int"),
     (dict(axis=0, group_size=32), "axis: per-group"),
 ])
 def test_bad_scheme_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         P.quantize(torch.randn(4, 64), **kwargs)
+
+
+def test_a_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match=r"bits: expected an int, got True \(bool\)"):
+        P.quantize(torch.randn(4, 64), bits=True)
+    with pytest.raises(TypeError, match="group_size: expected an int"):
+        P.quantize(torch.randn(4, 64), group_size=32.0)
 
 
 def test_bad_inputs():
@@ -130,7 +136,7 @@ def test_qtensor_validates_its_fields():
         P.QTensor(torch.zeros(2, 4, dtype=torch.int8), torch.ones(2), torch.zeros(2, dtype=torch.int32), 8, axis=0)
     with pytest.raises(ValueError, match=r"scale: expected shape \(2,\)"):
         P.QTensor(torch.zeros(2, 4, dtype=torch.int8), torch.ones(3), None, 8, axis=0)
-    with pytest.raises(ValueError, match="bits: expected 4 or 8, got 2"):
+    with pytest.raises(ValueError, match=r"bits: expected one of \(4, 8\), got 2"):
         P.QTensor(torch.zeros(2, 4, dtype=torch.int8), torch.ones(()), None, 2)
 
 

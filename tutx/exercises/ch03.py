@@ -1,18 +1,26 @@
 """Checks for Chapter 3's exercises (quantization).
 
-Each ``check_…(fn)`` runs your function on a handful of tensors and compares it with the
-reference in :mod:`tutx.quant`. It prints ``✅ …`` when all cases pass, ``✏️ … not solved yet``
-while your function is still the stub, and raises an ``AssertionError`` naming the first
-failing case otherwise.
+Each ``check_…(fn)`` runs your function on a handful of tensors and compares it with a reference
+solution. It prints ``✅ …`` when all cases pass, ``✏️ … not solved yet`` while your function is
+still the stub, and raises an ``AssertionError`` naming the first failing case otherwise. The
+"build-it" checks (:func:`check_fake_quant_ste`, :func:`check_mse_clip_scale`) generate their
+cases inside the check, so passing means the piece works, not that it matches a shown example.
 """
 from __future__ import annotations
 
 import torch
 
-from tutx.exercises._check import run_tensor_cases
+from tutx.exercises._check import check_fn, run_tensor_cases
 from tutx.quant.primitives import pack_int4, quantize, unpack_int4
 
-__all__ = ["check_quantize_per_channel_int8", "check_pack_int4", "check_unpack_int4"]
+try:  # the shared runner's stub detector (a body of `...`); older runners treat None as "not solved"
+    from tutx.exercises._check import is_stub
+except ImportError:  # pragma: no cover
+    def is_stub(fn) -> bool:
+        return False
+
+__all__ = ["check_quantize_per_channel_int8", "check_pack_int4", "check_unpack_int4", "check_fake_quant_ste",
+           "check_mse_clip_scale"]
 
 
 def _weights(n: int, k: int, seed: int, std: float = 0.02) -> torch.Tensor:
@@ -78,3 +86,164 @@ def check_unpack_int4(fn) -> None:
         (pack_int4(_codes(16, 64, seed=3)),),
     ]
     run_tensor_cases("check_unpack_int4", fn, unpack_int4, cases, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ build it: the STE
+class _SolutionFakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, scale, zero_point, qmin, qmax):
+        q = torch.round(w / scale) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return scale * (torch.clamp(q, qmin, qmax) - zero_point)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def _solution_fake_quant_ste(w, scale, zero_point, qmin, qmax):
+    return _SolutionFakeQuantSTE.apply(w, scale, zero_point, qmin, qmax)
+
+
+class _WrongSTEEverywhere(torch.autograd.Function):
+    """Forward right, but the gradient also flows through clipped weights."""
+
+    @staticmethod
+    def forward(ctx, w, scale, zero_point, qmin, qmax):
+        return scale * (torch.clamp(torch.round(w / scale) + zero_point, qmin, qmax) - zero_point)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+def _wrong_fake_quant_ste(w, scale, zero_point, qmin, qmax):
+    return _WrongSTEEverywhere.apply(w, scale, zero_point, qmin, qmax)
+
+
+def _output_and_grad(fn):
+    """``g(w, scale, zero, qmin, qmax, grad_out) -> (fn's output, dL/dw for L = sum(output * grad_out))``."""
+    def run(w, scale, zero_point, qmin, qmax, grad_out):
+        w = w.clone().requires_grad_(True)
+        out = fn(w, scale, zero_point, qmin, qmax)
+        if not isinstance(out, torch.Tensor):
+            return out  # None (a forgotten return) or something else: the runner reports it
+        if out.grad_fn is None:
+            raise AssertionError("the output carries no gradient; return YourFunction.apply(w, scale, zero_point, "
+                                 "qmin, qmax) from your torch.autograd.Function")
+        out.backward(grad_out)
+        return out.detach(), w.grad
+    return run
+
+
+def _ste_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    for n, k, qmin, qmax, asym, shrink in [(4, 16, -127, 127, False, 1.0), (8, 32, 0, 15, True, 0.6),
+                                           (3, 64, -7, 7, False, 0.5), (16, 8, 0, 15, True, 1.0)]:
+        w = torch.randn(n, k, generator=gen) * 0.05  # [N, K]
+        lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)  # [N, 1]
+        if asym:
+            scale = (hi - lo) / (qmax - qmin) * shrink  # shrink < 1: some weights are clipped
+            zero = torch.round(qmin - lo / scale).clamp(qmin, qmax)
+        else:
+            scale = w.abs().amax(1, keepdim=True) / qmax * shrink
+            zero = torch.zeros_like(scale)
+        cases.append((w, scale, zero, qmin, qmax, torch.randn(n, k, generator=gen)))
+    return cases
+
+
+def check_fake_quant_ste(fn) -> None:
+    """``fn(w, scale, zero_point, qmin, qmax) -> w_hat``: fake quantization with a straight-through gradient.
+
+    Forward: ``scale * (clamp(round(w / scale) + zero_point, qmin, qmax) - zero_point)`` (``scale``
+    and ``zero_point`` are float tensors ``[N, 1]`` that broadcast over ``w [N, K]``; ``torch.round``
+    rounds halves to even). Backward (the STE): the incoming gradient passes through unchanged
+    where ``round(w / scale) + zero_point`` lies inside ``[qmin, qmax]``, and is 0 where the weight
+    was clipped. Write it as a ``torch.autograd.Function`` and return ``YourFunction.apply(...)``.
+    The check compares the output and ``w``'s gradient on hidden cases, some with clipping.
+    """
+    name = "check_fake_quant_ste"
+    check_fn(fn, name)
+    if is_stub(fn):
+        print(f"✏️ {name}: not solved yet. Write the body of your function and run this cell again.")
+        return
+    run_tensor_cases(name, _output_and_grad(fn), _output_and_grad(_solution_fake_quant_ste), _ste_cases(),
+                     rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------- build it: an MSE-optimal clip
+def _solution_mse_clip_scale(w, bits):
+    qmax = 2 ** (bits - 1) - 1
+    best, best_err = None, None
+    for k in range(20, 101):
+        scale = k / 100 * float(w.abs().max()) / qmax
+        w_hat = scale * torch.clamp(torch.round(w / scale), -qmax, qmax)  # [n], float32 like w
+        err = float(((w_hat.double() - w.double()) ** 2).mean())
+        if best_err is None or err < best_err:
+            best, best_err = w_hat, err
+    return best
+
+
+def _wrong_mse_clip_scale(w, bits):
+    qmax = 2 ** (bits - 1) - 1
+    scale = float(w.abs().max()) / qmax  # plain min-max: no search
+    return scale * torch.clamp(torch.round(w / scale), -qmax, qmax)
+
+
+def _mse_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(5)
+    cases = []
+    for n, bits, tail in [(256, 4, 3.0), (512, 4, 8.0), (128, 8, 20.0), (1000, 4, 1.0)]:
+        w = torch.randn(n, generator=gen) * 0.02
+        w[torch.randint(0, n, (3,), generator=gen)] *= tail  # a few outliers
+        cases.append((w, bits))
+    return cases
+
+
+def check_mse_clip_scale(fn) -> None:
+    """``fn(w, bits) -> w_hat``: quantize ``w`` (1-D, float32) with the symmetric scale of least squared error.
+
+    With ``qmax = 2**(bits - 1) - 1``, try the clipping ratios ``r = k / 100`` for ``k = 20 … 100``:
+    ``scale = r * max|w| / qmax``, ``w_hat = scale * clamp(round(w / scale), -qmax, qmax)``,
+    ``error = mean((w_hat - w) ** 2)``. Return the ``w_hat`` (float32, shaped like ``w``) with
+    the smallest error; on a tie, the smaller ratio's. Hidden cases: heavy-tailed weights at 4 and 8 bits.
+    """
+    run_tensor_cases("check_mse_clip_scale", fn, _solution_mse_clip_scale, _mse_cases(), rtol=1e-5, atol=1e-8)
+
+
+def _solution_quantize_per_channel_int8(w):
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).eps)  # [N]
+    return torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8), scale  # [N, K], [N]
+
+
+def _wrong_quantize_per_tensor_int8(w):
+    scale = (w.abs().max() / 127).clamp(min=torch.finfo(torch.float32).eps)
+    return torch.round(w / scale).to(torch.int8), scale.expand(w.shape[0]).clone()
+
+
+def _solution_pack_int4(codes):
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
+
+
+def _wrong_pack_int4(codes):
+    return ((codes[:, 0::2] << 4) | codes[:, 1::2]).to(torch.uint8)  # high nibble first
+
+
+def _solution_unpack_int4(packed):
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1).to(torch.uint8)
+
+
+def _wrong_unpack_int4(packed):
+    return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(packed.shape[0], -1).to(torch.uint8)
+
+
+CONTRACT = {
+    "check_quantize_per_channel_int8": (_solution_quantize_per_channel_int8, _wrong_quantize_per_tensor_int8),
+    "check_pack_int4": (_solution_pack_int4, _wrong_pack_int4),
+    "check_unpack_int4": (_solution_unpack_int4, _wrong_unpack_int4),
+    "check_fake_quant_ste": (_solution_fake_quant_ste, _wrong_fake_quant_ste),
+    "check_mse_clip_scale": (_solution_mse_clip_scale, _wrong_mse_clip_scale),
+}
+"""For each check, a correct implementation and a plausible wrong one (used by the contract test)."""

@@ -113,3 +113,74 @@ def heldout_perplexity(model, tokenizer, text: str | None = None) -> float:
         from tutx.models.tiny import heldout_text
         text = heldout_text()[:HELDOUT_CHARS]
     return perplexity(model, tokenizer, text, window=HELDOUT_WINDOW, stride=HELDOUT_WINDOW)
+
+
+def window_nlls(model, tokenizer, text: str | None = None, window: int = HELDOUT_WINDOW,
+                stride: int | None = None, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pieces of a perplexity, one per window: summed NLL (float64 ``[W]``) and scored tokens (``[W]``).
+
+    Same windows and scoring as :func:`perplexity` (``text`` defaults to the course's held-out text,
+    ``window``/``stride`` to :func:`heldout_perplexity`'s), so ``exp(nll.sum() / count.sum())`` is the
+    perplexity. Per window, so :func:`perplexity_noise` can resample them. A float64 model's logits
+    stay float64.
+    """
+    if text is None:
+        from tutx.models.tiny import heldout_text
+        text = heldout_text()[:HELDOUT_CHARS]
+    window, stride = _check(model, text, window, window if stride is None else stride, batch_size)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]  # [N]
+    if ids.numel() < 2:
+        raise ValueError(f"text: needs at least 2 tokens to score one, got {ids.numel()}")
+    spans = windows(ids.numel(), window, stride)
+    device = next(model.parameters()).device
+    nll = torch.zeros(len(spans), dtype=torch.float64)
+    count = torch.zeros(len(spans), dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(spans), batch_size):
+                chunk = spans[i : i + batch_size]
+                for length in sorted({e - b for b, e, _ in chunk}):  # only the last window can be shorter
+                    rows = [(k, s) for k, s in enumerate(chunk, start=i) if s[1] - s[0] == length]
+                    x = torch.stack([ids[b:e] for _, (b, e, _) in rows]).to(device)  # [B, L]
+                    logits = model(input_ids=x).logits[:, :-1]  # [B, L-1, V]
+                    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                    targets = x[:, 1:].clone()  # [B, L-1]
+                    for r, (_, (b, _, first)) in enumerate(rows):
+                        targets[r, : first - b - 1] = -100  # already scored by an earlier window
+                    loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+                    for r, (k, _) in enumerate(rows):
+                        nll[k] = loss[r].double().sum()
+                        count[k] = int((targets[r] != -100).sum())
+    finally:
+        model.train(was_training)
+    return nll, count
+
+
+def perplexity_noise(nll: torch.Tensor, count: torch.Tensor, baseline: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     n_boot: int = 2000, seed: int = 0) -> float:
+    """Bootstrap standard deviation of a perplexity over its windows (from :func:`window_nlls`).
+
+    Resamples the windows with replacement ``n_boot`` times: how much the perplexity would move
+    on another text of the same length. With ``baseline=(nll, count)`` of another model on the
+    *same* windows, the spread of the difference ``ppl - ppl(baseline)`` instead (a paired
+    bootstrap: both models see the same resampled windows, so the text's own difficulty cancels)
+    — the noise to state before ranking two models.
+    """
+    if nll.shape != count.shape or nll.dim() != 1 or nll.numel() < 2:
+        raise ValueError(f"nll, count: expected two 1-D tensors of the same length >= 2, got "
+                         f"{tuple(nll.shape)} and {tuple(count.shape)}")
+    from tutx._validate import check_int
+
+    check_int("n_boot", n_boot, minimum=2)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, nll.numel(), (n_boot, nll.numel()), generator=gen)  # [n_boot, W]
+    c = count.double()[idx].sum(1)  # [n_boot]
+    ppl = torch.exp(nll.double()[idx].sum(1) / c)  # [n_boot]
+    if baseline is not None:
+        b_nll, b_count = baseline
+        if b_nll.shape != nll.shape or not torch.equal(b_count, count):
+            raise ValueError("baseline: expected window_nlls of another model on the same windows")
+        ppl = ppl - torch.exp(b_nll.double()[idx].sum(1) / c)
+    return float(ppl.std())

@@ -15,7 +15,7 @@ round trips use :func:`quantization_plan` and :func:`apply_plan_`.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Mapping
 
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
@@ -52,18 +52,47 @@ def _output_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def quantize_(model: nn.Module, config, filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
-    """Replace the selected ``nn.Linear`` modules of ``model`` by quantized ones, in place; returns ``model``.
+    """Replace ``nn.Linear`` modules of ``model`` by quantized ones, in place; returns ``model``.
 
-    ``config`` is an ``Int8WeightOnly()``, ``Int4WeightOnly(group_size)`` or
-    ``Int8DynamicActivationInt8Weight()``. Every selected layer is checked (and quantized) before
-    any is swapped, so a bad layer leaves the model untouched.
+    ``config`` is one config for every selected layer — ``Int8WeightOnly()``,
+    ``Int4WeightOnly(group_size)`` or ``Int8DynamicActivationInt8Weight()``, layers chosen by
+    ``filter_fn`` (default: every Linear but the LM head) — or a dict ``{fqn: config}`` naming
+    each layer and its own config (``None``: leave that layer as it is); mixed precision builds
+    such a dict. Every layer is checked (and quantized) before any is swapped, so a bad layer
+    leaves the model untouched.
     """
-    check_config(config)
-    cls = MODULE_FOR_CONFIG[type(config)]
-    swaps = [(fqn, cls.from_linear(module, config, fqn=fqn)) for fqn, module in select_linears(model, filter_fn)]
+    if isinstance(config, Mapping):
+        if filter_fn is not None:
+            raise ValueError("filter_fn: not used with a {fqn: config} dict, which names the layers itself")
+        targets = _linears_by_name(model, {fqn: c for fqn, c in config.items() if c is not None})
+    else:
+        check_config(config)
+        targets = [(fqn, module, config) for fqn, module in select_linears(model, filter_fn)]
+    swaps = [(fqn, MODULE_FOR_CONFIG[type(cfg)].from_linear(module, cfg, fqn=fqn)) for fqn, module, cfg in targets]
     for fqn, new in swaps:
         set_submodule(model, fqn, new)
     return model
+
+
+def _linears_by_name(model: nn.Module, configs: Mapping) -> list[tuple[str, nn.Linear, object]]:
+    """``(fqn, module, config)`` for a ``{fqn: config}`` dict; each fqn must name an un-quantized ``nn.Linear``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    out = []
+    for fqn, cfg in configs.items():
+        if not isinstance(fqn, str) or not fqn:
+            raise ValueError(f"config: keys must be module names ('model.layers.0.mlp.up_proj'), got {fqn!r}")
+        check_config(cfg)
+        try:
+            module = model.get_submodule(fqn)
+        except AttributeError:
+            raise ValueError(f"config: model has no module {fqn!r}") from None
+        if isinstance(module, QUANTIZED_LINEARS):
+            raise ValueError(f"model: {fqn!r} is already quantized ({type(module).__name__})")
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"config: {fqn!r} is a {type(module).__name__}, expected an nn.Linear")
+        out.append((fqn, module, cfg))
+    return out
 
 
 def select_linears(model: nn.Module, filter_fn=None) -> list[tuple[str, nn.Linear]]:

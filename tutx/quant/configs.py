@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from tutx._validate import check_choice, check_int
+
 GROUP_SIZES = (32, 64, 128)
 
 
@@ -32,8 +34,7 @@ class Int4WeightOnly:
     kind = "int4_weight_only"
 
     def __post_init__(self):
-        if isinstance(self.group_size, bool) or self.group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size: expected one of {GROUP_SIZES}, got {self.group_size!r}")
+        check_choice("group_size", check_int("group_size", self.group_size), GROUP_SIZES)
 
 
 @dataclass(frozen=True)

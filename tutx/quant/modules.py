@@ -15,22 +15,10 @@ from torch import nn
 from tutx.kernels.quant_matmul import int8_matmul_rescale, int8_weight_only_matmul
 from tutx.kernels.quant_matmul_int4 import int4_weight_only_matmul
 from tutx.quant.configs import Int4WeightOnly, Int8DynamicActivationInt8Weight, Int8WeightOnly
-from tutx.quant.primitives import check_finite, pack_int4, quantize, unpack_int4
-
-_EPS = torch.finfo(torch.float32).eps
-
-
-def _check_linear(linear, fqn: str = "") -> torch.Tensor:
-    where = f" ({fqn!r})" if fqn else ""
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"linear{where}: expected an nn.Linear, got {type(linear).__name__}")
-    w = linear.weight
-    if w.dim() != 2:
-        raise ValueError(f"linear{where}: expected a 2-D weight, got shape {tuple(w.shape)}")
-    if w.device.type == "meta":
-        raise ValueError(f"linear{where}: weight is on the meta device; load real weights before quantizing")
-    check_finite(w.detach(), f"linear{where}.weight")
-    return w.detach().float()  # [out, in]
+from tutx._validate import check_positive_int
+from tutx.quant.checks import EPS as _EPS
+from tutx.quant.checks import check_linear
+from tutx.quant.primitives import pack_int4, quantize, unpack_int4
 
 
 class QuantizedLinear(nn.Module):
@@ -38,9 +26,8 @@ class QuantizedLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         bias_t = torch.zeros(out_features, device=device, dtype=dtype) if bias else None
         self.register_buffer("bias", bias_t)
@@ -53,10 +40,16 @@ class QuantizedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = self._matmul(x.reshape(-1, self.in_features))  # [tokens, out]
+        x2 = x.reshape(-1, self.in_features)  # [tokens, in]
+        y = self._matmul_float64(x2) if x.dtype == torch.float64 else self._matmul(x2)  # [tokens, out]
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _matmul_float64(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 inputs: the exactly dequantized weight, a float64 matmul — for evaluations that must
+        give the same digits on every CPU (float32 sums depend on the BLAS and the thread count)."""
+        return x @ self.dequantize_weight(torch.float64).T  # [tokens, out]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}" + ("" if self.bias is not None else ", bias=False")
@@ -83,7 +76,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: Int8WeightOnly | None = None, fqn: str = ""):
-        w = _check_linear(linear, fqn)
+        w = check_linear(linear, fqn)
         q = quantize(w, 8, symmetric=True, axis=0)  # per output channel
         mod = cls.empty_like(linear)
         mod.weight_int8.copy_(q.data)
@@ -91,8 +84,8 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         mod._copy_bias(linear)
         return mod
 
-    def dequantize_weight(self) -> torch.Tensor:
-        return self.weight_int8.float() * self.weight_scale[:, None]  # [out, in]
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]  # [out, in]
 
     def _matmul(self, x):
         return int8_weight_only_matmul(x, self.weight_int8, self.weight_scale)
@@ -128,7 +121,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         if isinstance(linear, nn.Linear) and linear.in_features % config.group_size:
             raise ValueError(f"in_features: {linear.in_features} of {fqn or 'linear'!r} is not divisible "
                              f"by group_size={config.group_size}")
-        w = _check_linear(linear, fqn)
+        w = check_linear(linear, fqn)
         q = quantize(w, 4, symmetric=False, group_size=config.group_size)
         return cls.from_codes(linear, config, q.data, q.scale, q.zero_point)
 
@@ -146,10 +139,10 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         mod._copy_bias(linear)
         return mod
 
-    def dequantize_weight(self) -> torch.Tensor:
-        q = unpack_int4(self.weight_packed).float()  # [out, in]
-        z = self.weight_zero.float().repeat_interleave(self.group_size, 1)  # [out, in]
-        return (q - z) * self.weight_scale.repeat_interleave(self.group_size, 1)
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q = unpack_int4(self.weight_packed).to(dtype)  # [out, in]
+        z = self.weight_zero.to(dtype).repeat_interleave(self.group_size, 1)  # [out, in]
+        return (q - z) * self.weight_scale.to(dtype).repeat_interleave(self.group_size, 1)
 
     def _matmul(self, x):
         return int4_weight_only_matmul(x, self.weight_packed, self.weight_scale, self.weight_zero, self.group_size)
@@ -178,6 +171,11 @@ class Int8DynActInt8WeightLinear(Int8WeightOnlyLinear):
     def _matmul(self, x):
         x_int8, x_scale = quantize_per_token(x)
         return int8_matmul_rescale(x_int8, self.weight_int8, x_scale, self.weight_scale, out_dtype=x.dtype)
+
+    def _matmul_float64(self, x):
+        x_int8, x_scale = quantize_per_token(x)  # the same codes as the float32 path would choose
+        acc = x_int8.double() @ self.weight_int8.double().T  # [tokens, out], exact integers
+        return acc * x_scale.double()[:, None] * self.weight_scale.double()[None, :]
 
 
 QUANTIZED_LINEARS = (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynActInt8WeightLinear)

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from tutx._validate import check_bool, check_int, check_number, check_probability
+
 from tutx.quant.primitives import (
     QTensor,
     check_bits,
@@ -31,9 +33,7 @@ class Observer(ABC):
     def __init__(self, bits: int = 8, *, symmetric: bool = True, axis: int | None = None,
                  group_size: int | None = None):
         self.bits = check_bits(bits)
-        if not isinstance(symmetric, bool):
-            raise TypeError(f"symmetric: expected a bool, got {symmetric!r}")
-        self.symmetric = symmetric
+        self.symmetric = check_bool("symmetric", symmetric)
         self.axis = axis
         self.group_size = group_size
         self._shape: torch.Size | None = None  # shape of the first batch; later ones must agree
@@ -119,8 +119,7 @@ class PercentileObserver(Observer):
 
     def __init__(self, bits: int = 8, percentile: float = 99.99, **kwargs):
         super().__init__(bits, **kwargs)
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
-            raise ValueError(f"percentile: expected a number in (50, 100], got {percentile!r}")
+        check_number("percentile", percentile, minimum=50, maximum=100, strict_min=True)
         self.percentile = float(percentile)
         self._lo_sum = self._hi_sum = None
         self._batches = 0
@@ -153,10 +152,8 @@ class MSEObserver(Observer):
 
     def __init__(self, bits: int = 8, grid: int = 100, min_ratio: float = 0.2, **kwargs):
         super().__init__(bits, **kwargs)
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-            raise ValueError(f"grid: expected an int >= 2, got {grid!r}")
-        if not isinstance(min_ratio, (int, float)) or not 0 < min_ratio < 1:
-            raise ValueError(f"min_ratio: expected a number in (0, 1), got {min_ratio!r}")
+        check_int("grid", grid, minimum=2)
+        check_probability("min_ratio", min_ratio, allow_zero=False, allow_one=False)
         self.grid, self.min_ratio = grid, float(min_ratio)
         self._seen: list[torch.Tensor] = []
 

@@ -21,28 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_BITS = (4, 8)
-_EPS = torch.finfo(torch.float32).eps  # smallest scale, as torch's observers use
-
-
-def check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits: expected 4 or 8, got {bits!r}")
-    return bits
-
-
-def check_float_tensor(x, name: str = "x") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    return x
-
-
-def check_finite(x: torch.Tensor, name: str = "x") -> None:
-    """Quantizing NaN/Inf silently poisons a whole scale group, so refuse it up front."""
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf; cannot choose quantization parameters")
+from tutx._validate import check_int
+from tutx.quant.checks import EPS as _EPS
+from tutx.quant.checks import SUPPORTED_BITS, check_bits, check_finite, check_float_tensor  # noqa: F401
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -61,8 +42,7 @@ def normalize_granularity(shape: torch.Size, axis, group_size) -> tuple[int | No
     """
     ndim = len(shape)
     if group_size is not None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size: expected a positive int or None, got {group_size!r}")
+        check_int("group_size", group_size, minimum=1)
         if ndim == 0:
             raise ValueError("group_size: a 0-d tensor has no dimension to group")
         if shape[-1] % group_size:
@@ -73,7 +53,8 @@ def normalize_granularity(shape: torch.Size, axis, group_size) -> tuple[int | No
         return ndim - 1, group_size
     if axis is None:
         return None, None
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+    check_int("axis", axis)
+    if not -ndim <= axis < ndim:
         raise ValueError(f"axis: expected None or an int in [{-ndim}, {ndim - 1}], got {axis!r}")
     return axis % ndim, None
 
@@ -89,7 +70,7 @@ def slots_view(x: torch.Tensor, axis: int | None, group_size: int | None) -> tup
     return x.reshape(1, -1), ()  # [1, numel]
 
 
-def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None, group_size: int | None) -> torch.Tensor:
+def broadcast_qparams(p: torch.Tensor, x: torch.Tensor, axis: int | None, group_size: int | None) -> torch.Tensor:
     """Expand per-slot parameters ``p`` to the shape of ``x``."""
     if group_size is not None:
         return p.repeat_interleave(group_size, dim=-1)  # [..., cols]
@@ -222,10 +203,10 @@ def _check_given_qparams(scale, zero_point, scale_shape, bits, symmetric):
 def quantize_codes(x, scale, zero_point, bits, axis, group_size) -> torch.Tensor:
     """The rounding step alone: ``clamp(round(x / scale) + zero_point)`` as int8/uint8 codes."""
     qmin, qmax = qrange(bits, zero_point is None)
-    s = _broadcast(scale, x, axis, group_size)
+    s = broadcast_qparams(scale, x, axis, group_size)
     q = torch.round(x.float() * s.reciprocal())
     if zero_point is not None:
-        q = q + _broadcast(zero_point, x, axis, group_size)
+        q = q + broadcast_qparams(zero_point, x, axis, group_size)
     q = torch.clamp(q, qmin, qmax)
     return q.to(torch.int8 if zero_point is None else torch.uint8)
 
@@ -236,8 +217,8 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise TypeError(f"q: expected a QTensor, got {type(q).__name__}")
     vals = q.data.to(torch.float32)
     if q.zero_point is not None:
-        vals = vals - _broadcast(q.zero_point, vals, q.axis, q.group_size)
-    return (vals * _broadcast(q.scale, vals, q.axis, q.group_size)).to(dtype)
+        vals = vals - broadcast_qparams(q.zero_point, vals, q.axis, q.group_size)
+    return (vals * broadcast_qparams(q.scale, vals, q.axis, q.group_size)).to(dtype)
 
 
 def fake_quantize(x: torch.Tensor, bits: int = 8, **kwargs) -> torch.Tensor:
