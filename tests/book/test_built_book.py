@@ -182,7 +182,8 @@ def test_chapter_tables_are_tables_and_math_is_typeset_offline(built_book, brows
     page.close()
 
 
-API_PACKAGES = ["tutx.quant", "tutx.attention", "tutx.engine", "tutx.parallel", "tutx.bench", "tutx.models"]
+API_PACKAGES = ["tutx.quant", "tutx.attention", "tutx.engine", "tutx.parallel", "tutx.bench", "tutx.models",
+                "tutx.serve", "tutx.kernels"]
 
 
 @pytest.mark.parametrize("package", API_PACKAGES)
