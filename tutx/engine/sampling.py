@@ -21,17 +21,17 @@ MAX_LOGPROBS = 20  # top-N alternatives per token a request may ask for (as vLLM
 class SamplingParams:
     """How to sample one request's completion.
 
-    temperature: 0 is greedy (argmax); > 0 divides the logits before the softmax.
-    top_k: keep only the ``top_k`` most likely tokens (None: all).
-    top_p: nucleus sampling, keep the smallest set of tokens whose probability reaches ``top_p``.
-    seed: seed of the request's own random generator (None: torch's global generator).
-    max_tokens: the most tokens to generate (0 only with ``prompt_logprobs``: score the prompt).
-    stop: strings that end the completion; the text is cut before the first one (OpenAI semantics).
-    stop_token_ids: token ids that end the completion (their text is not added).
-    ignore_eos: keep generating past the model's end-of-sequence token.
-    logprobs: report, per generated token, its log-probability and those of the ``logprobs`` most
+    - ``temperature``: 0 is greedy (argmax); > 0 divides the logits before the softmax.
+    - ``top_k``: keep only the ``top_k`` most likely tokens (None: all).
+    - ``top_p``: nucleus sampling, keep the smallest set of tokens whose probability reaches ``top_p``.
+    - ``seed``: seed of the request's own random generator (None: torch's global generator).
+    - ``max_tokens``: the most tokens to generate (0 only with ``prompt_logprobs``: score the prompt).
+    - ``stop``: strings that end the completion; the text is cut before the first one (OpenAI semantics).
+    - ``stop_token_ids``: token ids that end the completion (their text is not added).
+    - ``ignore_eos``: keep generating past the model's end-of-sequence token.
+    - ``logprobs``: report, per generated token, its log-probability and those of the ``logprobs`` most
       likely alternatives (log-softmax of the raw logits, before temperature and filtering).
-    prompt_logprobs: the same for every prompt token (the first has none); such a request's
+    - ``prompt_logprobs``: the same for every prompt token (the first has none); such a request's
       prefill computes the whole prompt (no prefix-cache hits).
     """
 

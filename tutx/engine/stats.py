@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 class StepStats:
     """One step of the engine.
 
-    kind: "prefill" or "decode".
-    request_ids: the requests that ran, in batch order.
-    num_tokens: positions computed (the prompt tokens not served by the prefix cache, or one per
+    - ``kind``: "prefill" or "decode".
+    - ``request_ids``: the requests that ran, in batch order.
+    - ``num_tokens``: positions computed (the prompt tokens not served by the prefix cache, or one per
       sequence in a decode step).
-    num_cached_tokens: prompt tokens served by the prefix cache (prefill steps).
-    block_tables: each *running* request's block table during the step (before finished ones
+    - ``num_cached_tokens``: prompt tokens served by the prefix cache (prefill steps).
+    - ``block_tables``: each *running* request's block table during the step (before finished ones
       freed theirs), request id -> pool block ids.
-    num_blocks_used / num_blocks_free: the pool after the step.
-    num_waiting / num_running: the queues after the step.
-    num_preemptions: sequences preempted while scheduling this step.
-    finished: requests that ended in this step, request id -> finish reason.
-    duration_s: wall time of the step (schedule, forward, sample, postprocess).
+    - ``num_blocks_used / num_blocks_free``: the pool after the step.
+    - ``num_waiting / num_running``: the queues after the step.
+    - ``num_preemptions``: sequences preempted while scheduling this step.
+    - ``finished``: requests that ended in this step, request id -> finish reason.
+    - ``duration_s``: wall time of the step (schedule, forward, sample, postprocess).
     """
 
     step: int
