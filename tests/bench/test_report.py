@@ -24,3 +24,11 @@ def test_markdown_table_column_selection_and_errors():
         markdown_table([{"a": 1}], digits=1.5)
     with pytest.raises(ValueError, match=r"rows\[1\]: missing column"):
         markdown_table([{"a": 1}, {"b": 2}])
+
+
+def test_a_pipe_inside_a_cell_is_escaped():
+    from tutx.bench.report import markdown_table
+    text = markdown_table([{"a|b": "s / |w|", "n": 1}])
+    header, _, row = text.splitlines()
+    assert header == "| a\\|b | n |"
+    assert row == "| s / \\|w\\| | 1 |"

@@ -11,13 +11,14 @@ def _cell(value, digits: int) -> str:
         return f"{value:,.{digits}f}" if abs(value) < 1e15 else f"{value:.{digits}e}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")  # a bare pipe would split the cell
 
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 2) -> str:
     """Format ``rows`` (a list of dicts with the same keys) as a GitHub-style Markdown table.
 
     Numbers are right-aligned; floats are rounded to ``digits`` so tables are stable across runs.
+    A ``|`` inside a cell (or a column name) is escaped, so it cannot split the cell.
     """
     if isinstance(rows, str) or not isinstance(rows, Sequence) or not all(isinstance(r, Mapping) for r in rows):
         raise TypeError(f"rows: expected a list of dicts, got {type(rows).__name__}")
@@ -30,7 +31,7 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
         if missing:
             raise ValueError(f"rows[{i}]: missing column(s) {missing}")
     numeric = [all(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in rows) for c in columns]
-    lines = ["| " + " | ".join(columns) + " |",
+    lines = ["| " + " | ".join(_cell(c, digits) for c in columns) + " |",
              "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(_cell(r[c], digits) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
