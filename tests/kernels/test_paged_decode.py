@@ -1,10 +1,12 @@
-"""Paged-decode kernel (through the interpreter on CPU) against its reference and a dense cache."""
+"""Paged-decode kernel (through the interpreter on CPU) against its reference and a dense cache.
+
+The engine's PyTorch attention (SDPA decode, prefill) is tested in tests/engine/test_attention.py.
+"""
 import zlib
 
 import pytest
 import torch
 
-from tutx.engine.attention import gather_kv, paged_decode_attention_sdpa, prefill_attention
 from tutx.kernels.paged_decode import (check_block_tables, check_paged_metadata, paged_decode_attention,
                                        paged_decode_attention_ref)
 from tutx.kernels.decode import decode_attention_ref
@@ -59,34 +61,10 @@ def test_kernel_matches_ref_and_dense(b, hq, hkv, d, block_size, lengths, num_sp
     torch.testing.assert_close(ref, dense, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("b,hq,hkv,d,block_size,lengths", CASES)
-def test_sdpa_path_matches_the_reference_on_finite_pools(b, hq, hkv, d, block_size, lengths):
-    q, k_pool, v_pool, tables, lens, k_dense, v_dense = make_paged(b, hq, hkv, d, block_size, lengths)
-    v_pool = torch.nan_to_num(v_pool, nan=7.0)  # the engine's pools hold only finite (possibly stale) values
-    out = paged_decode_attention_sdpa(q, k_pool, v_pool, tables, lens, sm_scale=0.3)
-    torch.testing.assert_close(out, paged_decode_attention_ref(q, k_pool, v_pool, tables, lens, sm_scale=0.3),
-                               atol=1e-5, rtol=0)
-
-
 def test_default_splits_int64_tables_and_scale():
     q, k_pool, v_pool, tables, lens, k_dense, v_dense = make_paged(2, 4, 2, 32, 8, [45, 9])
     out = paged_decode_attention(q, k_pool, v_pool, tables.long(), lens.long(), sm_scale=0.3)
     torch.testing.assert_close(out, decode_attention_ref(q, k_dense, v_dense, lens, sm_scale=0.3), atol=1e-5, rtol=0)
-
-
-def test_gather_kv_and_prefill_with_cached_prefix():
-    """Prefill of the last 4 tokens over a pooled prefix = the last rows of full causal attention."""
-    q, k_pool, v_pool, tables, lens, k_dense, v_dense = make_paged(1, 4, 2, 32, 5, [13])
-    k = gather_kv(k_pool, tables[0], 13)  # [13, Hkv, D]
-    torch.testing.assert_close(k, k_dense[0].transpose(0, 1))
-    v = gather_kv(v_pool, tables[0], 13)
-    qs = torch.randn(13, 4, 32)  # [S, Hq, D]
-    full = prefill_attention(qs, k, v, 0, 0.2)
-    torch.testing.assert_close(prefill_attention(qs[9:], k, v, 9, 0.2), full[9:], atol=1e-5, rtol=0)
-    expanded = torch.nn.functional.scaled_dot_product_attention(  # GQA by copying, for reference
-        qs.transpose(0, 1), k.repeat_interleave(2, 1).transpose(0, 1), v.repeat_interleave(2, 1).transpose(0, 1),
-        is_causal=True, scale=0.2)
-    torch.testing.assert_close(full, expanded.transpose(0, 1), atol=1e-5, rtol=0)
 
 
 def test_bad_inputs_raise():

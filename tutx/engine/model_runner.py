@@ -174,6 +174,27 @@ class ModelRunner:
                        validate=False)  # [B, Hq, D]
         return attn.o_proj(o.reshape(t, -1))  # [T, hidden]
 
+    def _layers(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Embedding output ``[T, hidden]`` through every layer (attention ours, the rest the model's)."""
+        inner = self.model.model
+        cos, sin = inner.rotary_emb(h, meta.positions[None])  # [1, T, D] each
+        cos_sin = (cos[0], sin[0])  # [T, D]
+        for i, layer in enumerate(inner.layers):
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h
+
+    def _decode_forward(self, input_ids, positions, slots, block_tables, lengths) -> torch.Tensor:
+        """A decode step from plain tensors to fp32 logits ``[B, V]``.
+
+        (``torch.compile(..., dynamic=True)`` of this function was measured in PERF_NOTES.md,
+        "Engine on CPU": 100+ s to compile and ~15x slower steps than eager on the tiny LM.)
+        """
+        meta = AttentionMetadata(False, input_ids, positions, slots, block_tables=block_tables, lengths=lengths)
+        inner = self.model.model
+        h = self._layers(inner.embed_tokens(input_ids), meta)
+        return self.model.lm_head(inner.norm(h)).float()
+
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
         """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position.
@@ -182,18 +203,15 @@ class ModelRunner:
         instead: ``prompt_logits[i]`` is ``[S_i, vocab]`` (every prompt position of sequence ``i``,
         its last row included) or None for a sequence that did not ask.
         """
-        meta = self._prepare_prefill(seqs) if is_prefill else self._prepare_decode(seqs)
+        if not is_prefill:
+            m = self._prepare_decode(seqs)
+            return self._decode_forward(m.input_ids, m.positions, m.slots, m.block_tables, m.lengths)  # [B, V]
+        meta = self._prepare_prefill(seqs)
         inner = self.model.model
-        h = inner.embed_tokens(meta.input_ids)  # [T, hidden]
-        cos, sin = inner.rotary_emb(h, meta.positions[None])  # [1, T, D] each
-        cos_sin = (cos[0], sin[0])  # [T, D]
-        for i, layer in enumerate(inner.layers):
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        if is_prefill:
-            h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
+        h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
+        h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
         logits = self.model.lm_head(inner.norm(h)).float()  # [R, V]
-        if not is_prefill or len(meta.logit_rows) == len(seqs):
+        if len(meta.logit_rows) == len(seqs):
             return logits
         last, prompt_logits, row = [], [], 0
         for seq, (start, end, _, _) in zip(seqs, meta.spans):
