@@ -58,7 +58,9 @@ def assert_all_blocks_free(engine):
     EngineConfig(),  # plenty of blocks: no preemption
     EngineConfig(block_size=8, num_blocks=21, max_model_len=256),  # tight pool: preemption
     EngineConfig(block_size=4, num_blocks=60, max_model_len=256, enable_prefix_caching=False),
-], ids=["roomy", "preempt", "preempt-no-prefix-cache"])
+    EngineConfig(decode_group_size=2),  # decode attention in sorted groups of 2 rows (odd batches too)
+    EngineConfig(decode_group_size=None),  # one SDPA call over the whole batch
+], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)
@@ -234,6 +236,8 @@ def test_errors(tiny, prompts):
         EngineConfig(block_size=0)
     with pytest.raises(ValueError, match="attention_backend"):
         EngineConfig(attention_backend="cuda")
+    with pytest.raises(ValueError, match="decode_group_size"):
+        EngineConfig(decode_group_size=0)
     with pytest.raises(ValueError, match="max_position_embeddings=512"):
         LLMEngine(model, tok, EngineConfig(max_model_len=4096))
     with pytest.raises(TypeError, match="Llama-style"):

@@ -24,6 +24,8 @@ class EngineConfig:
     - ``max_model_len``: context length (None: the model's ``max_position_embeddings``).
     - ``enable_prefix_caching``: share identical full prompt blocks between requests.
     - ``attention_backend``: "auto", "triton" or "sdpa" (see :class:`~tutx.engine.ModelRunner`).
+    - ``decode_group_size``: with SDPA decode, sort a step's rows by length and attend in groups
+      of this many rows, each gathering only the blocks its longest row needs (None: one group).
     """
 
     block_size: int = 16
@@ -33,11 +35,12 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
+    decode_group_size: int | None = 16
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
         check_positive_int("max_num_seqs", self.max_num_seqs)
-        for name in ("num_blocks", "max_num_batched_tokens", "max_model_len"):
+        for name in ("num_blocks", "max_num_batched_tokens", "max_model_len", "decode_group_size"):
             check_optional_int(name, getattr(self, name), minimum=1)
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("attention_backend", self.attention_backend, BACKENDS)

@@ -41,7 +41,8 @@ class LLMEngine:
         eos = {getattr(tokenizer, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
-        self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.attention_backend)
+        self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.attention_backend,
+                                  config.decode_group_size)
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, frozenset(e for e in eos if e is not None))

@@ -22,7 +22,7 @@ from tutx.engine.attention import gather_kv, paged_decode_attention_sdpa, prefil
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
 
-from tutx.engine.config import BACKENDS
+from tutx.engine.config import BACKENDS, cdiv
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,8 @@ class AttentionMetadata:
     Prefill: ``spans`` (start, end, num_cached, block table tensor or None) per sequence and
     ``logit_rows`` (the rows whose logits are computed: each sequence's last, or all of a
     sequence that wants prompt logprobs). Decode: ``block_tables [B, max_blocks]`` and
-    ``lengths [B]``.
+    ``lengths [B]``, rows sorted longest first when ``groups`` is set: ``(start, end, width)``
+    row ranges whose attention gathers only ``width`` blocks, and ``unsort`` maps the rows back.
     """
 
     is_prefill: bool
@@ -55,6 +56,8 @@ class AttentionMetadata:
     logit_rows: torch.Tensor | None = None
     block_tables: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
+    groups: list | None = None
+    unsort: torch.Tensor | None = None
 
 
 def check_model(model) -> None:
@@ -81,7 +84,8 @@ class ModelRunner:
     backend are trusted: :class:`~tutx.engine.EngineConfig` checked them.
     """
 
-    def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto"):
+    def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto",
+                 decode_group_size: int | None = None):
         check_model(model)
         self.model = model
         self.block_size = block_size
@@ -97,6 +101,8 @@ class ModelRunner:
             fast = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
             attention_backend = "triton" if fast else "sdpa"
         self.attention_backend = attention_backend
+        # SDPA decode pads every row to the longest context of its group: groups of similar lengths pad less.
+        self.decode_group_size = decode_group_size if attention_backend == "sdpa" else None
         shape = (2, self.num_layers, num_blocks, block_size, self.num_kv_heads, self.head_dim)
         self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N, bs, Hkv, D]
 
@@ -135,7 +141,13 @@ class ModelRunner:
 
         The tables are checked as Python lists (no device sync) before they become tensors.
         """
-        bs = self.block_size
+        bs, g = self.block_size, self.decode_group_size
+        groups = unsort = None
+        if g and len(seqs) > g:  # longest first, then groups of g rows, each as wide as its first row needs
+            order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+            seqs = [seqs[i] for i in order]
+            groups = [(a, min(a + g, len(seqs)), cdiv(len(seqs[a]), bs)) for a in range(0, len(seqs), g)]
+            unsort = self._tensor(sorted(range(len(order)), key=order.__getitem__))
         lengths = [len(s) for s in seqs]
         tables = [s.block_table for s in seqs]
         check_block_tables(tables, lengths, self.num_blocks, bs)
@@ -145,7 +157,7 @@ class ModelRunner:
             False, self._tensor([s.last_token for s in seqs]), self._tensor([n - 1 for n in lengths]),
             self._tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, lengths)]),
             block_tables=self._tensor(padded, torch.int32),  # [B, max_blocks]
-            lengths=self._tensor(lengths, torch.int32))  # [B]
+            lengths=self._tensor(lengths, torch.int32), groups=groups, unsort=unsort)  # [B]
 
     # -- the forward pass ----------------------------------------------------------------------
     def _attention(self, layer: int, attn, x: torch.Tensor, cos_sin, meta: AttentionMetadata):
@@ -168,6 +180,10 @@ class ModelRunner:
                     ks, vs = k[start:end], v[start:end]
                 outs.append(prefill_attention(q[start:end], ks, vs, cached, attn.scaling))  # [S_new, Hq, D]
             o = torch.cat(outs)  # [T, Hq, D]
+        elif meta.groups:  # SDPA per group of similar lengths: less padding to gather and attend over
+            o = torch.cat([paged_decode_attention_sdpa(q[a:b], k_pool, v_pool, meta.block_tables[a:b, :w],
+                                                       meta.lengths[a:b], sm_scale=attn.scaling, validate=False)
+                           for a, b, w in meta.groups])  # [B, Hq, D]
         else:
             attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_sdpa
             o = attend(q, k_pool, v_pool, meta.block_tables, meta.lengths, sm_scale=attn.scaling,
@@ -184,15 +200,14 @@ class ModelRunner:
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h
 
-    def _decode_forward(self, input_ids, positions, slots, block_tables, lengths) -> torch.Tensor:
+    def _decode_forward(self, meta: AttentionMetadata) -> torch.Tensor:
         """A decode step from plain tensors to fp32 logits ``[B, V]``.
 
         (``torch.compile(..., dynamic=True)`` of this function was measured in PERF_NOTES.md,
         "Engine on CPU": 100+ s to compile and ~15x slower steps than eager on the tiny LM.)
         """
-        meta = AttentionMetadata(False, input_ids, positions, slots, block_tables=block_tables, lengths=lengths)
         inner = self.model.model
-        h = self._layers(inner.embed_tokens(input_ids), meta)
+        h = self._layers(inner.embed_tokens(meta.input_ids), meta)
         return self.model.lm_head(inner.norm(h)).float()
 
     @torch.inference_mode()
@@ -204,8 +219,9 @@ class ModelRunner:
         its last row included) or None for a sequence that did not ask.
         """
         if not is_prefill:
-            m = self._prepare_decode(seqs)
-            return self._decode_forward(m.input_ids, m.positions, m.slots, m.block_tables, m.lengths)  # [B, V]
+            meta = self._prepare_decode(seqs)
+            logits = self._decode_forward(meta)  # [B, V], in the rows' (maybe sorted) order
+            return logits if meta.unsort is None else logits[meta.unsort]
         meta = self._prepare_prefill(seqs)
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
