@@ -350,8 +350,14 @@ print(f"GPTQ vs fp32: {d_gptq:+.2f} ± {n_gptq:.2f}: " + (
 # fine-tune briefly (the step and token counts are printed below), distilling from the float
 # model's predictions (plain next-token loss on so little data made things worse — we tried).
 # The loop is `tutx.train.train` — AdamW, warm-up and cosine schedule, gradient clipping, a fixed
-# seed — which Chapter 2's distillation uses too. Training amplifies the last bits of every float32
-# sum, step after step, so we train in float64: the same weights on every CPU.
+# seed — which Chapter 2's distillation uses too.
+#
+# Training through rounding is chaotic in the last bits: when another CPU adds a sum in another
+# order, a weight near a rounding boundary flips its code, the next gradient changes, and the
+# difference grows step by step. In float32 the final perplexity differs between machines in the
+# second decimal; training in float64 pushes the difference down to the third decimal but cannot
+# remove it. So the QAT numbers below are printed to one decimal — still finer than the noise of
+# the comparison itself.
 
 # %%
 qat_model = prepare_qat_(copy.deepcopy(model).double(), Int4WeightOnlyQAT(group_size=None))
@@ -372,12 +378,12 @@ results["INT4 per-channel QAT"] = {"model": qat_model, **evaluate(qat_model)}
 rows = []
 for k in ("INT4 per-channel RTN", "INT4 per-channel QAT"):
     d, noise = gap(k)
-    rows.append({"model": k, "held-out perplexity": f"{results[k]['ppl']:.2f}", "vs fp32 (± paired noise)": f"{d:+.2f} ± {noise:.2f}"})
+    rows.append({"model": k, "held-out perplexity": f"{results[k]['ppl']:.1f}", "vs fp32 (± paired noise)": f"{d:+.1f} ± {noise:.1f}"})
 show_table(rows)
 d_rtn_pc, d_qat = gap("INT4 per-channel RTN")[0], gap("INT4 per-channel QAT")[0]
 d_q, n_q = gap("INT4 per-channel QAT", base="INT4 per-channel RTN")
-print(f"QAT vs rounding: {d_q:+.2f} ± {n_q:.2f} (paired noise): QAT wins back "
-      f"{100 * (d_rtn_pc - d_qat) / d_rtn_pc:.0f}% of the perplexity that per-channel rounding lost.")
+print(f"QAT vs rounding: {d_q:+.1f} ± {n_q:.1f} (paired noise): QAT wins back about "
+      f"{10 * round(10 * (d_rtn_pc - d_qat) / d_rtn_pc)}% of the perplexity that per-channel rounding lost.")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -454,8 +460,9 @@ print(f"The {budgets[1] / all4:.2f}× plan vs uniform INT4: {d_m:+.2f} ± {n_m:.
 
 # %% [markdown]
 # The lines above say what each extra byte bought on this model: the layers that get more bits
-# are the most sensitive ones of the plot (the first block's, here), and the printed fractions
-# of the INT4→INT8 gap, with the paired noise, say how much of the way to INT8 each budget goes.
+# are the most sensitive ones of the plot (the first block's, and the small key and value
+# projections, whose upgrade costs few bytes), and the printed fractions of the INT4→INT8 gap,
+# with the paired noise, say how much of the way to INT8 each budget goes.
 #
 # ## 7. The measured table
 #

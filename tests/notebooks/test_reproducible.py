@@ -27,7 +27,7 @@ def test_quantization_notebook_matches_its_outputs_with_one_thread():
         env["ATEN_CPU_CAPABILITY"] = "avx2"
     env.pop("TRITON_INTERPRET", None)  # readers' notebooks never run the Triton interpreter
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "--sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
+        [sys.executable, "-m", "pytest", "--nbval", "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
          str(NOTEBOOK), "-q", "-p", "no:cacheprovider", "-x"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
