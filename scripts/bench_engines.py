@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
     report = {"environment": {"device": _cpu_name(), "machine": platform.machine(), "threads": args.threads,
                               "rounds": args.rounds, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-                              "python": platform.python_version()},
+                              "python": platform.python_version(), "load_average_start": os.getloadavg()[0]},
               "engines": []}
     for name in args.workloads:
         work = build_workload(name, tok)
@@ -368,6 +368,7 @@ def main(argv=None) -> dict:
         report["engines"].append(row)
         report["environment"]["torch"] = workers[next(iter(workers))].info["torch"]
         report["environment"].update({f"{e}_version": workers[e].info["version"] for e in workers})
+    report["environment"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews every engine
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = report["environment"]["date"][:16].replace(":", "")
     out_file = args.out / f"engines-cpu{args.threads}t-{stamp}.json"
