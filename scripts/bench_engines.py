@@ -368,13 +368,18 @@ def main(argv=None) -> dict:
         report["engines"].append(row)
         report["environment"]["torch"] = workers[next(iter(workers))].info["torch"]
         report["environment"].update({f"{e}_version": workers[e].info["version"] for e in workers})
+        _write(report, args)  # after every workload: an interrupted run keeps what it measured
+    print(f"wrote {_write(report, args)}")
+    return report
+
+
+def _write(report: dict, args) -> Path:
     report["environment"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews every engine
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = report["environment"]["date"][:16].replace(":", "")
     out_file = args.out / f"engines-cpu{args.threads}t-{stamp}.json"
     out_file.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out_file}")
-    return report
+    return out_file
 
 
 if __name__ == "__main__":
