@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import tutx.exercises
 from tutx.exercises import ch04
 
 
@@ -74,22 +73,6 @@ def kv_bytes_mha(config, batch, seq_len, bytes_per_elem):
     return 2 * config["num_hidden_layers"] * config["num_attention_heads"] * head_dim * batch * seq_len * bytes_per_elem
 
 
-def test_lazy_module():
-    assert tutx.exercises.ch04 is ch04
-
-
-def test_correct_solutions_pass(capsys):
-    ch04.check_online_softmax_update(softmax_step_right)
-    ch04.check_merge_partials(merge_right)
-    ch04.check_window_block_mask(window_blocks_right)
-    ch04.check_kv_cache_bytes_gqa(kv_bytes_right)
-    out = capsys.readouterr().out
-    assert "✅ check_online_softmax_update: all 6 cases passed" in out
-    assert "✅ check_merge_partials: all 5 cases passed" in out
-    assert "✅ check_window_block_mask: all 6 cases passed" in out
-    assert "✅ check_kv_cache_bytes_gqa: all 6 cases passed" in out
-
-
 def test_only_checks_are_public():
     assert all(name.startswith("check_") for name in ch04.__all__)
     assert set(ch04.CONTRACT) == set(ch04.__all__)
@@ -151,35 +134,3 @@ def test_wrong_dtype_or_shape_fails():
         ch04.check_online_softmax_update(lambda m, l, acc, s, v: softmax_step_right(m, l, acc, s, v)[:2])
 
 
-def test_stubs_are_not_solved_yet(capsys):
-    def empty(m, l, acc, scores, values):
-        ...
-
-    def ellipsis(num_q_blocks, num_k_blocks, block, window):
-        return ...
-
-    def not_implemented(config, batch, seq_len, bytes_per_elem):
-        raise NotImplementedError
-
-    ch04.check_online_softmax_update(empty)
-    ch04.check_merge_partials(lambda o_parts, lse_parts: ...)
-    ch04.check_window_block_mask(ellipsis)
-    ch04.check_kv_cache_bytes_gqa(not_implemented)
-    ch04.check_kv_cache_bytes_gqa(lambda *args: ...)
-    out = capsys.readouterr().out
-    assert out.count("not solved yet") == 5 and "✅" not in out
-
-
-def test_learner_exceptions_become_failed_cases():
-    def broken(*args):
-        raise ZeroDivisionError("oops")
-
-    with pytest.raises(AssertionError, match="case 1/6 .* raised ZeroDivisionError: oops"):
-        ch04.check_online_softmax_update(broken)
-
-
-@pytest.mark.parametrize("check", [ch04.check_online_softmax_update, ch04.check_merge_partials,
-                                   ch04.check_window_block_mask, ch04.check_kv_cache_bytes_gqa])
-def test_checks_want_a_callable(check):
-    with pytest.raises(TypeError, match="expected a function"):
-        check(42)
