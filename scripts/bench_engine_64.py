@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import random
 import statistics
 import sys
 import time
 
 import torch
 
-from tutx.models import heldout_text, load_tiny
-
-
-def workload(tok, n: int = 64, seed: int = 0):
-    """The Chapter 6 requests: ``(prompts, output_lens)``."""
-    ids = tok.encode(heldout_text())
-    rng = random.Random(seed)
-    prompt_lens = [rng.randint(16, 256) for _ in range(n)]
-    output_lens = [rng.randint(8, 128) for _ in range(n)]
-    starts = [rng.randrange(len(ids) - 256) for _ in range(n)]
-    return [ids[s:s + p] for s, p in zip(starts, prompt_lens)], output_lens
+from tutx.engine.load import benchmark_requests
+from tutx.models import load_tiny
 
 
 def run_engine(pkg, model, tok, prompts, output_lens, max_num_seqs: int = 64):
@@ -64,7 +54,7 @@ def main(argv=None) -> dict:
         sys.path.insert(0, args.before)
         engines = {"before": importlib.import_module("old_engine"), "after": new}
     model, tok = load_tiny()
-    prompts, output_lens = workload(tok, args.requests)
+    prompts, output_lens = benchmark_requests(tok, args.requests)
     warm = ([p[:16] for p in prompts[:4]], [4] * 4)
     for pkg in engines.values():
         run_engine(pkg, model, tok, *warm)

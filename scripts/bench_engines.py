@@ -50,12 +50,9 @@ def build_workload(name: str, tok, seed: int = 0) -> dict:
         starts = [rng.randrange(len(ids) - hi) for _ in range(n)]
         return [ids[s:s + k] for s, k in zip(starts, lens)]
 
-    if name in ("ch6", "ch6_80m"):  # the Chapter 6 mix (scripts/bench_engine_64.py's workload)
-        rng = random.Random(seed)
-        prompt_lens = [rng.randint(16, 256) for _ in range(64)]
-        output_lens = [rng.randint(8, 128) for _ in range(64)]
-        starts = [rng.randrange(len(ids) - 256) for _ in range(64)]
-        prompts = [ids[s:s + p] for s, p in zip(starts, prompt_lens)]
+    if name in ("ch6", "ch6_80m"):  # the Chapter 6 mix
+        from tutx.engine.load import benchmark_requests
+        prompts, output_lens = benchmark_requests(tok, 64, seed)
     elif name == "chat":  # short prompts, long answers
         prompts = spans(32, 8, 32)
         output_lens = [rng.randint(128, 256) for _ in prompts]

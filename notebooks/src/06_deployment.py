@@ -45,7 +45,7 @@ from tutx.bench import latest, show_table, timeit
 from tutx.configs import get_spec
 from tutx.engine import DynamicBatcher, EngineConfig, LLMEngine, SamplingParams, greedy_generate, pad_batch
 from tutx.engine.cpu_threads import pick_cpu_threads
-from tutx.engine.load import poisson_arrivals, replay
+from tutx.engine.load import benchmark_requests, poisson_arrivals, replay
 from tutx.engine.timeline import StepRecorder, plot_block_tables, plot_timeline, run_to_end, state_legend
 from tutx.models import heldout_text, load_tiny
 from tutx.parallel import dispatch_, plan_device_map
@@ -221,12 +221,9 @@ plt.show()
 # static batch of its first 16 requests computes:
 
 # %%
-rng = random.Random(0)
 N_REQ = 64
-prompt_lens = [rng.randint(16, 256) for _ in range(N_REQ)]
-output_lens = [rng.randint(8, 128) for _ in range(N_REQ)]
-starts = [rng.randrange(len(ids) - 256) for _ in range(N_REQ)]
-prompts = [ids[s:s + n] for s, n in zip(starts, prompt_lens)]
+prompts, output_lens = benchmark_requests(tok, N_REQ, seed=0)  # tutx.engine.load: the same requests the scripts time
+prompt_lens = [len(p) for p in prompts]
 
 P16, O16 = prompt_lens[:16], output_lens[:16]
 width_p, width_o = max(P16), max(O16)

@@ -21,7 +21,6 @@ test of every code path at toy sizes (no timings worth reading): ``... engine.py
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 
@@ -29,9 +28,10 @@ import torch
 
 from tutx.bench import run_steps, timeit
 from tutx.engine import EngineConfig, LLMEngine, SamplingParams, pad_batch
+from tutx.engine.load import benchmark_requests
 from tutx.kernels.paged_decode import paged_decode_attention, paged_decode_attention_ref
 from tutx.kernels.decode import decode_attention
-from tutx.models import heldout_text, load_tiny
+from tutx.models import load_tiny
 
 PAGED_CASE = dict(batch=16, hq=32, hkv=8, head_dim=128, max_len=2048, block_size=16)
 SMOKE_CASE = dict(batch=3, hq=4, hkv=2, head_dim=32, max_len=80, block_size=16)
@@ -82,16 +82,6 @@ def check_paged_decode(rows: list, device: str = "cuda", dtype=torch.bfloat16, c
 
 
 # ---- the engine against generate ------------------------------------------------------------
-def workload(tok, n: int = 64, seed: int = 0):
-    """The Chapter 6 notebook's requests: ``(prompts, output_lens)``."""
-    ids = tok.encode(heldout_text())
-    rng = random.Random(seed)
-    prompt_lens = [rng.randint(16, 256) for _ in range(n)]
-    output_lens = [rng.randint(8, 128) for _ in range(n)]
-    starts = [rng.randrange(len(ids) - 256) for _ in range(n)]
-    return [ids[s:s + p] for s, p in zip(starts, prompt_lens)], output_lens
-
-
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -120,7 +110,7 @@ def engine_generate(model, tok, prompts, output_lens, max_num_seqs=64):
 def bench_generate(rows: list, device: str = "cuda", dtype=torch.float16, n_requests: int = 64,
                    n_sequential: int = 16) -> None:
     model, tok = load_tiny(device, dtype)
-    prompts, output_lens = workload(tok, n_requests)
+    prompts, output_lens = benchmark_requests(tok, n_requests)
     pad = tok.pad_token_id
     warm = ([p[:16] for p in prompts[:4]], [4] * 4)  # compile kernels, warm the allocator: not timed
     engine_generate(model, tok, *warm)

@@ -40,12 +40,12 @@ def test_workloads_are_deterministic_and_shaped_as_described(bench, tok):
 
 
 def test_the_ch6_workload_is_the_chapter_benchmarks(bench, tok):
-    spec = importlib.util.spec_from_file_location("bench_engine_64", ROOT / "scripts" / "bench_engine_64.py")
-    b64 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(b64)
-    prompts, output_lens = b64.workload(tok)
+    from tutx.engine.load import benchmark_requests
+    prompts, output_lens = benchmark_requests(tok)
     work = bench.build_workload("ch6", tok)
     assert (work["prompts"], work["output_lens"]) == (prompts, output_lens)
+    # the totals Chapter 6 and the recorded race print
+    assert (sum(map(len, prompts)), sum(output_lens)) == (9569, 4621)
 
 
 def test_percentiles_and_summary(bench):

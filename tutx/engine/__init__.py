@@ -17,7 +17,7 @@ One concept per module:
 - :mod:`~tutx.engine.timeline` — ``StepRecorder`` and the Chapter 6 plots drawn from its records;
 - :mod:`~tutx.engine.batcher` — ``DynamicBatcher``: request-level batching for any batched function;
 - :mod:`~tutx.engine.static_batching` — ``pad_batch`` and ``greedy_generate``: the static baseline;
-- :mod:`~tutx.engine.load` — ``replay`` clients with ``poisson_arrivals`` against a dynamic batcher;
+- :mod:`~tutx.engine.load` — ``benchmark_requests`` (the chapter's workload), ``replay`` clients with ``poisson_arrivals`` against a dynamic batcher;
 - :mod:`~tutx.engine.cpu_threads` — ``pick_cpu_threads``: one thread or the default, by a probe.
 
 Usage::

@@ -16,6 +16,23 @@ from tutx._validate import check_int, check_number, check_positive
 from tutx.engine.batcher import DynamicBatcher
 
 
+def benchmark_requests(tokenizer, n: int = 64, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """Chapter 6's benchmark workload: ``(prompts, output_lens)`` for ``n`` requests.
+
+    Prompts are 16–256-token spans of the held-out plays, outputs 8–128 tokens, drawn from
+    ``random.Random(seed)``; the notebook, ``scripts/bench_engine_64.py``, the GPU check and the
+    engine race (``scripts/bench_engines.py``) all use these same requests.
+    """
+    check_int("n", n, minimum=1)
+    from tutx.models import heldout_text
+    ids = tokenizer.encode(heldout_text())
+    rng = random.Random(seed)
+    prompt_lens = [rng.randint(16, 256) for _ in range(n)]
+    output_lens = [rng.randint(8, 128) for _ in range(n)]
+    starts = [rng.randrange(len(ids) - 256) for _ in range(n)]
+    return [ids[s:s + p] for s, p in zip(starts, prompt_lens)], output_lens
+
+
 def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
     """``n`` arrival times in seconds (the first at 0), exponential gaps of mean ``1/rate`` (seeded)."""
     check_int("n", n, minimum=1)
@@ -71,4 +88,4 @@ async def replay(fn: Callable, items: list, arrivals: list[float], max_batch_siz
             "units/s achieved": units / makespan, "units per busy second": units / sum(busy)}
 
 
-__all__ = ["poisson_arrivals", "replay"]
+__all__ = ["benchmark_requests", "poisson_arrivals", "replay"]
