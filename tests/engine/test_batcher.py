@@ -5,7 +5,7 @@ import functools
 import time
 
 import pytest
-import torch
+from _generate import PROMPTS, alone
 
 from tutx.engine.batcher import BatcherStats, DynamicBatcher, QueueFull
 from tutx.engine.static_batching import greedy_generate
@@ -203,16 +203,6 @@ def test_stats_empty():
 @pytest.fixture(scope="module")
 def tiny(one_thread):
     return load_tiny()
-
-
-PROMPTS = ["ROMEO: what say you, my lord?", "JULIET:", "To be or", "KING HENRY: Once more unto the breach, dear"]
-
-
-def alone(model, prompt, max_new_tokens):
-    """Hugging Face generate on one unpadded prompt: the reference."""
-    ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, len(prompt):].tolist()
 
 
 def test_batcher_serves_the_tiny_lm(tiny):

@@ -1,6 +1,7 @@
 """Static batching: left padding, and a padded batch gives each prompt the output it gets alone."""
 import pytest
 import torch
+from _generate import PROMPTS, alone
 
 from tutx.engine.static_batching import greedy_generate, pad_batch
 from tutx.models import load_tiny
@@ -31,16 +32,6 @@ def test_pad_batch_bad_input(args, error, match):
 @pytest.fixture(scope="module")
 def tiny(one_thread):
     return load_tiny()
-
-
-PROMPTS = ["ROMEO: what say you, my lord?", "JULIET:", "To be or", "KING HENRY: Once more unto the breach, dear"]
-
-
-def alone(model, prompt, max_new_tokens):
-    """Hugging Face generate on one unpadded prompt: the reference."""
-    ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, len(prompt):].tolist()
 
 
 def test_greedy_generate_matches_each_prompt_alone(tiny):
