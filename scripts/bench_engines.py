@@ -262,20 +262,14 @@ class Worker:
             self.proc.kill()
 
 
-def _pct(values, q: float) -> float:
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def summarise(runs: list[dict], output_tokens: int) -> dict:
+    from tutx.bench.timing import percentile
     tps = [output_tokens / r["seconds"] for r in runs]
     return {"tokens_per_s": {"median": statistics.median(tps), "min": min(tps), "max": max(tps), "runs": tps},
-            "ttft_s": {"p50": statistics.median(_pct(r["ttft"], 0.5) for r in runs),
-                       "p99": statistics.median(_pct(r["ttft"], 0.99) for r in runs)},
-            "tpot_s": {"p50": statistics.median(_pct(r["tpot"], 0.5) for r in runs),
-                       "p99": statistics.median(_pct(r["tpot"], 0.99) for r in runs)}}
+            "ttft_s": {"p50": statistics.median(percentile(r["ttft"], 50) for r in runs),
+                       "p99": statistics.median(percentile(r["ttft"], 99) for r in runs)},
+            "tpot_s": {"p50": statistics.median(percentile(r["tpot"], 50) for r in runs),
+                       "p99": statistics.median(percentile(r["tpot"], 99) for r in runs)}}
 
 
 def _cpu_name() -> str:

@@ -48,3 +48,16 @@ def test_bad_arguments(kwargs, match):
 def test_wrong_argument_types(kwargs, match):
     with pytest.raises(TypeError, match=match):
         timeit(lambda: None, **kwargs)
+
+
+def test_percentile_interpolates_and_checks_its_arguments():
+    import numpy as np
+
+    from tutx.bench import percentile
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    for q in (0, 10, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    with pytest.raises(ValueError, match="q: expected a number <= 100"):
+        percentile(values, 101)
+    with pytest.raises(ValueError, match="values: expected at least one value"):
+        percentile([], 50)

@@ -49,9 +49,10 @@ def test_the_ch6_workload_is_the_chapter_benchmarks(bench, tok):
 
 
 def test_percentiles_and_summary(bench):
-    assert bench._pct([3.0, 1.0, 2.0], 0.5) == 2.0
-    assert bench._pct([0.0, 10.0], 0.99) == pytest.approx(9.9)
-    assert bench._pct([5.0], 0.99) == 5.0
+    from tutx.bench import percentile
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+    assert percentile([5.0], 99) == 5.0
     runs = [{"seconds": 2.0, "ttft": [0.1, 0.2, 0.3], "tpot": [0.01, 0.02, 0.03]},
             {"seconds": 4.0, "ttft": [0.3, 0.4, 0.5], "tpot": [0.03, 0.04, 0.05]},
             {"seconds": 1.0, "ttft": [0.2, 0.3, 0.4], "tpot": [0.02, 0.03, 0.04]}]

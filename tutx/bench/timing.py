@@ -58,6 +58,18 @@ class Timing:
         )
 
 
+def percentile(values, q: float) -> float:
+    """The ``q``-th percentile (0–100) of ``values``, interpolating linearly between order statistics
+    (NumPy's default), so p50 of an even count is the mean of the middle two."""
+    check_number("q", q, minimum=0, maximum=100)
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("values: expected at least one value, got none")
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
 def _fmt(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.3f} s"

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from tutx._validate import check_int, check_number, check_positive
+from tutx.bench.timing import percentile
 from tutx.engine.batcher import DynamicBatcher
 
 
@@ -42,13 +43,6 @@ def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
     for _ in range(n - 1):
         times.append(times[-1] + rng.expovariate(rate))
     return times
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 async def replay(fn: Callable, items: list, arrivals: list[float], max_batch_size: int = 8,
@@ -84,7 +78,7 @@ async def replay(fn: Callable, items: list, arrivals: list[float], max_batch_siz
     makespan = max(done for _, done in times) - t0
     units = len(items) * units_per_item
     return {"max_wait_ms": max_wait_ms, "mean batch": batcher.stats.mean_batch_size,
-            "mean latency ms": statistics.fmean(latency), "p90 latency ms": _percentile(latency, 90),
+            "mean latency ms": statistics.fmean(latency), "p90 latency ms": percentile(latency, 90),
             "units/s achieved": units / makespan, "units per busy second": units / sum(busy)}
 
 
