@@ -156,6 +156,7 @@ def _run_hf(state, work, batch_size: int = 16) -> dict:
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
+    from tutx.engine import pad_batch
     model = state["model"]
     clock = _Clock(len(work["prompts"]))
     tokens = [None] * len(work["prompts"])
@@ -173,7 +174,6 @@ def _run_hf(state, work, batch_size: int = 16) -> dict:
 
     for b in range(0, len(work["prompts"]), batch_size):
         rows = list(range(b, min(b + batch_size, len(work["prompts"]))))
-        from tutx.engine import pad_batch
         ids, mask = pad_batch([work["prompts"][i] for i in rows], pad_id=0, side="left")
         longest = max(work["output_lens"][i] for i in rows)
         with torch.inference_mode():
