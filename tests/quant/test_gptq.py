@@ -122,3 +122,14 @@ def test_gptq_errors():
         gptq_quantize_weight(torch.randn(4, 64), torch.eye(64), group_size=32, damp=2.0)
     with pytest.raises(ValueError, match="calibration_batches: the layer saw no inputs"):
         HessianAccumulator(8).hessian()
+
+
+def test_grouping_holds_on_to_inputs_so_a_reused_address_cannot_join_layers():
+    """A freed input's id()/data_ptr() can be reused by the next layer's input; grouping by the
+    tensor itself cannot be fooled (the clean-clone CI once grouped down_proj with q_proj)."""
+    model = tiny_llama()
+    targets = {f: m for f, m in model.named_modules() if isinstance(m, nn.Linear) and f != "lm_head"}
+    for seed in range(5):
+        groups = _call_groups(model, targets, _tokens(1, seed=seed)[0])
+        assert all(len({targets[f].in_features for f in g}) == 1 for g in groups), groups
+        assert len(groups) == 8

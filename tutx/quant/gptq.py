@@ -131,8 +131,9 @@ def _call_groups(model, targets: dict, batch) -> list[list[str]]:
     calls, handles = [], []
     for fqn, mod in targets.items():
         def hook(m, args, kwargs, fqn=fqn):
-            x = _first_input(args, kwargs)
-            calls.append((fqn, id(x), x.data_ptr()))
+            # Keep the tensor itself: an id() or data_ptr() of a freed input can be reused by the
+            # next layer's input, which would group unrelated layers (seen: down_proj with q_proj).
+            calls.append((fqn, _first_input(args, kwargs)))
         handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         _run(model, batch)
@@ -140,15 +141,15 @@ def _call_groups(model, targets: dict, batch) -> list[list[str]]:
         for h in handles:
             h.remove()
     groups, seen, last = [], set(), None
-    for fqn, *key in calls:
+    for fqn, x in calls:
         if fqn in seen:
             continue
         seen.add(fqn)
-        if groups and key == last:
+        if groups and x is last:
             groups[-1].append(fqn)
         else:
             groups.append([fqn])
-        last = key
+        last = x
     missing = sorted(set(targets) - seen)
     if missing:
         raise ValueError(f"model: layers {missing} are never called by a forward pass; exclude them with filter_fn")
