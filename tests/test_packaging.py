@@ -29,7 +29,7 @@ def _norm(req: str) -> tuple[str, str]:
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = _pyproject()["project"]
     expected = set(map(_norm, project["dependencies"]))
-    for extra in ("book", "serve", "test"):
+    for extra in ("book", "serve", "test", "cpu"):
         expected |= set(map(_norm, project["optional-dependencies"][extra]))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -44,7 +44,7 @@ def test_package_metadata():
     assert project["name"] == "tutx"
     assert project["requires-python"] == ">=3.10"
     extras = project["optional-dependencies"]
-    assert {"book", "serve", "test", "flash"} <= set(extras)
+    assert {"book", "serve", "test", "cpu", "flash"} <= set(extras)
     assert any(Requirement(r).name == "flash-attn" for r in extras["flash"])
     torch_req = next(Requirement(r) for r in project["dependencies"] if r.startswith("torch"))
     # the package keeps a range (Colab ships its own torch); CI pins the exact CPU build
