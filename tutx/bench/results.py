@@ -45,12 +45,20 @@ class Measured:
 
 
 def result_files(directory: Path | str = RESULTS_DIR) -> list[Path]:
-    """Every results file (``gpu_check-*.json``, ``engines-*.json``) in ``directory``, oldest first (by the date inside)."""
+    """Every results file in ``directory`` (a ``*.json`` with an ``environment``), oldest first (by the date inside).
+
+    ``scripts/gpu_check.py`` writes ``gpu_check-*.json``, ``scripts/bench_engines.py`` ``engines-*.json``;
+    the chapter scripts write their own prefixes with the same layout.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    files = [p for p in directory.glob("*.json") if p.name.startswith(("gpu_check-", "engines-"))]
-    return sorted(files, key=lambda p: json.loads(p.read_text()).get("environment", {}).get("date", ""))
+    dated = []
+    for p in directory.glob("*.json"):
+        data = json.loads(p.read_text())
+        if isinstance(data, dict) and isinstance(data.get("environment"), dict):
+            dated.append((data["environment"].get("date", ""), p.name, p))
+    return [p for _, _, p in sorted(dated)]
 
 
 def latest(area: str, directory: Path | str = RESULTS_DIR) -> Measured | None:
