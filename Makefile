@@ -69,7 +69,7 @@ nginx:
 # Unit tests (Triton kernels through the interpreter, set up by tests/conftest.py), then every
 # notebook through nbval in a second run, so notebook kernels never inherit the interpreter.
 test: $(STAMP) chromium nginx
-	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest tests
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest tests --durations=25
 	$(BIN)/python -m pytest --nbval --sanitize-with tests/nbval_sanitize.cfg notebooks
 
 unit: $(STAMP)
