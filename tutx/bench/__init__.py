@@ -1,8 +1,19 @@
-"""Benchmarking helpers (Chapter 8 grows the full suite from these)."""
+"""Benchmarking: trustworthy timing and memory, the offline model suite, profiling, reports,
+and the measured optimisation table (Chapter 8)."""
+from tutx.bench.cache import flush_l2, rotating_calls
 from tutx.bench.memory import peak_memory
-from tutx.bench.report import markdown_table, show_table
+from tutx.bench.model import benchmark_model
+from tutx.bench.report import Report, markdown_table, performance_report, show_table
 from tutx.bench.results import RESULTS_DIR, Measured, latest, result_files  # RESULTS_DIR: for scripts/gpu_check.py
+from tutx.bench.stats import bootstrap_ci, summarize
 from tutx.bench.steps import run_steps
+from tutx.bench.tensor_memory import tensor_peak
 from tutx.bench.timing import Timing, percentile, timeit
 
-__all__ = ["Timing", "timeit", "percentile", "markdown_table", "show_table", "Measured", "latest", "result_files", "peak_memory", "run_steps"]
+__all__ = ["Timing", "timeit", "percentile", "markdown_table", "show_table", "Measured", "latest", "result_files",
+           "peak_memory", "run_steps",
+           # Chapter 8 (H8b): offline suite, statistics, cold cache, report
+           "benchmark_model", "bootstrap_ci", "summarize", "tensor_peak", "flush_l2", "rotating_calls",
+           "Report", "performance_report"]
+
+# ---- Chapter 8, serving benchmark (H8a): names added below --------------------------------------
