@@ -103,7 +103,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="serve a model through the OpenAI API"))
     _balancer_args(sub.add_parser("serve-balancer", help="a load balancer over tutx serve replicas"))
+    from tutx.bench.cli import add_bench_parser, run_bench  # Chapter 8: tutx bench serve|sweep|report
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return run_bench(args, parser, argv)
     if args.command == "serve":
         try:
             _, server = build_server(args)
