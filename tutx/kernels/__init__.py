@@ -4,7 +4,8 @@ CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1``) and otherw
 reference — and ``<op>_ref(...)``, the same operation in plain PyTorch. Without Triton installed
 every wrapper runs its reference (see ``_triton.py``).
 
-The names below are the public wrappers and references; ``from tutx.kernels import
+The names below are the public wrappers and references (no module is named like a function in
+it, so importing a module never hides a function of this package); ``from tutx.kernels import
 flash_attention`` imports only the module that holds it (the modules load on first use).
 """
 from __future__ import annotations
@@ -20,6 +21,14 @@ _HOME = {  # public name -> module of tutx.kernels that defines it
     "int8_weight_only_matmul": "quant_matmul", "int8_weight_only_matmul_ref": "quant_matmul",
     "int8_matmul_rescale": "quant_matmul", "int8_matmul_rescale_ref": "quant_matmul",
     "int4_weight_only_matmul": "quant_matmul_int4", "int4_weight_only_matmul_ref": "quant_matmul_int4",
+    # Chapter 5: Triton from first principles
+    "softmax": "fused_softmax", "softmax_ref": "fused_softmax",
+    "rms_norm": "norms", "rms_norm_ref": "norms", "layer_norm": "norms", "layer_norm_ref": "norms",
+    "swiglu": "fused_swiglu", "swiglu_ref": "fused_swiglu",
+    "matmul": "tiled_matmul", "matmul_ref": "tiled_matmul",
+    "naive_fused_attention": "seed_attention", "naive_fused_attention_ref": "seed_attention",
+    "KernelCost": "costs", "softmax_cost": "costs", "rms_norm_cost": "costs", "layer_norm_cost": "costs",
+    "swiglu_cost": "costs", "matmul_cost": "costs",
 }
 __all__ = list(_HOME)
 
