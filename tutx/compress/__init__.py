@@ -20,6 +20,10 @@ _WHERE = {  # public name -> the submodule that defines it
     "layers_to_keep": "layerdrop", "decoder_layers": "layerdrop", "seed_rescaled_layers": "layerdrop",
     "LAYER_STRATEGIES": "layerdrop",
     # --- pruning (heads.py, ffn.py) ---
+    "prune_heads_": "heads", "head_mask": "heads",
+    "head_importance": "importance", "mean_attention_score": "importance", "heads_to_prune": "importance",
+    "ffn_importance": "ffn", "prune_ffn_": "ffn",
+    "load_pruned": "saving", "PrunedLlamaForCausalLM": "saving", "PrunedBertModel": "saving",
     # --- end pruning ---
 }
 
