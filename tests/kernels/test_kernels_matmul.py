@@ -1,8 +1,11 @@
 """Tiled Triton matmul against the reference: masked tails, strides, epilogues, dtypes, grouped order; bad input."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from tutx.kernels import tiled_matmul as mm
+from tutx.kernels.quant_matmul import tile_ids
 from tutx.kernels.tiled_matmul import ACTIVATIONS, matmul, matmul_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,3 +76,25 @@ def test_gpu_matmul_large(shape, dtype):
     for act in ("none", "gelu"):
         ours, ref = matmul(a, b, act).float(), matmul_ref(a, b, act).float()
         assert ((ours - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_launch_order_is_grouped_and_a_permutation():
+    assert mm.launch_order(2, 3, group_m=1) == [[0, 1, 2], [3, 4, 5]]  # row-major
+    order = mm.launch_order(5, 4, group_m=2)
+    assert sorted(p for row in order for p in row) == list(range(20))
+    assert order[0][:2] == [0, 2] and order[1][:2] == [1, 3]  # down a pair of rows, then the next column
+    assert order[4] == [16, 17, 18, 19]  # the last, partial group: one row
+    with pytest.raises(ValueError, match="group_m: expected an int >= 1, got 0"):
+        mm.launch_order(2, 2, 0)
+
+
+@triton.jit
+def _record_tile_ids(out_ptr, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    tl.store(out_ptr + pid_m * tl.cdiv(N, BLOCK_N) + pid_n, tl.program_id(0))
+
+
+def test_launch_order_mirrors_the_kernel_tile_ids():
+    out = torch.full((5, 4), -1, dtype=torch.int32, device=DEVICE)
+    _record_tile_ids[(20,)](out, 5 * 16, 4 * 16, BLOCK_M=16, BLOCK_N=16, GROUP_M=2)
+    assert out.tolist() == mm.launch_order(5, 4, group_m=2)

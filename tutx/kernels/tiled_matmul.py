@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from tutx._validate import check_choice
+from tutx._validate import check_choice, check_positive_int
 from tutx.kernels._dispatch import interpreter_enabled, use_triton
 from tutx.kernels._triton import tl, triton
 from tutx.kernels.checks import FLOAT_DTYPES, check_matrix, check_same_device
@@ -37,7 +37,7 @@ _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). The first rows are the big Hopper/Ampere
 # tiles (128x256x64 with 3 stages takes 144 KB of shared memory in bf16); the last rows fit a
 # T4's 64 KB in fp16 (64x64x32 with 4 stages: 32 KB).
-_GPU_TILES = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+GPU_TILES = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 4), (64, 64, 32, 4, 4),
               (128, 64, 32, 4, 4), (64, 32, 32, 2, 5), (32, 64, 32, 2, 5)]
 GROUP_M = 8
@@ -45,7 +45,7 @@ if interpreter_enabled():  # one config: the interpreter would otherwise "benchm
     CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=4, num_stages=1)]
 else:
     CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M},
-                             num_warps=w, num_stages=s) for bm, bn, bk, w, s in _GPU_TILES]
+                             num_warps=w, num_stages=s) for bm, bn, bk, w, s in GPU_TILES]
 
 
 @triton.jit
@@ -86,6 +86,22 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk,
     acc = _activation(acc, ACT)  # the epilogue, on the fp32 tile in registers
     c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m & mask_n)
+
+
+def launch_order(grid_m: int, grid_n: int, group_m: int = GROUP_M) -> list[list[int]]:
+    """Which program id computes each output tile, ``[grid_m][grid_n]``, in :func:`tile_ids`' grouped order.
+
+    ``group_m=1`` is plain row-major order. The same arithmetic as the kernel, in Python, for pictures.
+    """
+    grid_m, grid_n, group_m = (check_positive_int(n, v) for n, v in (("grid_m", grid_m), ("grid_n", grid_n),
+                                                                   ("group_m", group_m)))
+    order = [[0] * grid_n for _ in range(grid_m)]
+    width = group_m * grid_n
+    for pid in range(grid_m * grid_n):
+        first_m = (pid // width) * group_m
+        rows = min(grid_m - first_m, group_m)
+        order[first_m + (pid % width) % rows][(pid % width) // rows] = pid
+    return order
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, activation: str = "none") -> torch.Tensor:
@@ -130,4 +146,4 @@ def matmul_ref(a: torch.Tensor, b: torch.Tensor, activation: str = "none") -> to
     return act(c).to(a.dtype)
 
 
-__all__ = ["matmul", "matmul_ref", "matmul_kernel", "ACTIVATIONS", "CONFIGS"]
+__all__ = ["matmul", "matmul_ref", "matmul_kernel", "launch_order", "ACTIVATIONS", "CONFIGS", "GPU_TILES"]
