@@ -8,7 +8,7 @@ import pytest
 
 from tutx.bench.arrivals import arrival_times, parse_rate, sample_prompts
 from tutx.bench.serving import SSEReader
-from tutx.bench.serving_metrics import RequestRecord, meets_slos, parse_goodput, serving_metrics, slo_break, summarise_ms
+from tutx.bench.serving_metrics import RequestRecord, meets_slos, parse_goodput, serving_summary, slo_break, summarise_ms
 
 
 def _rec(send, chunks, end, tokens, prompt=10, error=None):
@@ -34,7 +34,7 @@ def test_per_request_ttft_tpot_itl_e2el():
 
 
 def test_serving_metrics_known_answers():
-    m = serving_metrics([A, B, FAILED], duration=2.0)
+    m = serving_summary([A, B, FAILED], duration=2.0)
     assert (m["completed"], m["failed"]) == (2, 1)
     assert m["failures"] == {"HTTP 500: boom": 1}
     assert m["total_input_tokens"] == 30 and m["total_output_tokens"] == 9  # failed requests do not count
@@ -65,10 +65,10 @@ def test_goodput():
     assert meets_slos(A, {"ttft": 100, "tpot": 20}) and not meets_slos(B, {"ttft": 299})
     assert not meets_slos(FAILED, {"ttft": 1e9})
     assert meets_slos(_rec(0, [0.1], 0.1, 1), {"tpot": 1})  # no TPOT with one token: that SLO holds
-    m = serving_metrics([A, B, FAILED], duration=2.0, slos={"ttft": 200, "e2el": 1000})
+    m = serving_summary([A, B, FAILED], duration=2.0, slos={"ttft": 200, "e2el": 1000})
     assert m["good_requests"] == 1 and m["request_goodput"] == pytest.approx(0.5)
-    assert serving_metrics([A, B], 1.0, {"tpot": 70})["good_requests"] == 2
-    assert serving_metrics([A, B], 1.0, {"tpot": 50})["good_requests"] == 1
+    assert serving_summary([A, B], 1.0, {"tpot": 70})["good_requests"] == 2
+    assert serving_summary([A, B], 1.0, {"tpot": 50})["good_requests"] == 1
 
 
 def test_slo_break_is_the_first_rate_below_90_percent():
@@ -94,7 +94,7 @@ def test_parse_goodput():
 
 def test_serving_metrics_checks_duration():
     with pytest.raises(ValueError, match="duration"):
-        serving_metrics([A], 0)
+        serving_summary([A], 0)
 
 
 def test_arrivals_poisson_and_gamma_statistics():

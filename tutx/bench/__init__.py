@@ -17,3 +17,12 @@ __all__ = ["Timing", "timeit", "percentile", "markdown_table", "show_table", "Me
            "Report", "performance_report"]
 
 # ---- Chapter 8, serving benchmark (H8a): names added below --------------------------------------
+from tutx.bench.arrivals import Prompt, arrival_times, sample_prompts  # noqa: E402
+from tutx.bench.environment import describe_environment, write_results  # noqa: E402
+from tutx.bench.serving import ServingRun, SSEReader, benchmark_serving, sweep  # noqa: E402
+from tutx.bench.serving_metrics import RequestRecord, parse_goodput, serving_summary, slo_break  # noqa: E402
+from tutx.bench.stub_server import StubServer, client_overhead  # noqa: E402
+
+__all__ += ["benchmark_serving", "sweep", "ServingRun", "SSEReader", "RequestRecord", "serving_summary", "parse_goodput",
+            "slo_break", "arrival_times", "sample_prompts", "Prompt", "StubServer", "client_overhead", "describe_environment",
+            "write_results"]

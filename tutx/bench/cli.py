@@ -1,4 +1,4 @@
-"""``tutx bench``: the serving benchmark, a sweep over request rates, and the report.
+"""``tutx bench``: the serving benchmark, a sweep over request rates, and the report::
 
     tutx bench serve --base-url http://127.0.0.1:8000 --model tiny --request-rate 4 --num-prompts 64 \\
         --input-len 128 --output-len 64 --goodput ttft:500 tpot:50 --save-result run.json
@@ -44,7 +44,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_bench_parser(sub) -> None:
     """Add ``bench`` (with ``serve``, ``sweep``, ``report``) to the ``tutx`` subcommands ``sub``."""
     bench = sub.add_parser("bench", help="benchmark a serving endpoint; write a report",
-                           description=__doc__.split("\n\n")[0])
+                           description="The serving benchmark, a sweep over request rates, and the report.")
     actions = bench.add_subparsers(dest="bench_command", required=True)
     serve = actions.add_parser("serve", help="one run against an OpenAI-compatible server")
     _common(serve)
@@ -98,8 +98,8 @@ def _kwargs(args, slos) -> dict:
 def _save(args, rows, argv) -> None:
     if args.save_result is None:
         return
-    from tutx.bench.environment import environment, write_results
-    env = environment(command="tutx " + " ".join(shlex.quote(a) for a in argv), notes=args.notes,
+    from tutx.bench.environment import describe_environment, write_results
+    env = describe_environment(command="tutx " + " ".join(shlex.quote(a) for a in argv), notes=args.notes,
                       base_url=args.base_url)
     print(f"wrote {write_results(args.save_result, {args.area: rows}, env)}")
 

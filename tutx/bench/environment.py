@@ -32,7 +32,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def environment(command: str | None = None, threads: int | None = None, notes: str | None = None, **extra) -> dict:
+def describe_environment(command: str | None = None, threads: int | None = None, notes: str | None = None, **extra) -> dict:
     """``{"device", "threads", "torch", "transformers", "httpx", "tutx", "python", "date", "command", ...}``.
 
     ``device`` names the CPU and ``threads`` (default: the CPUs this process may use); ``command``
@@ -78,4 +78,4 @@ def write_results(path, areas: dict, env: dict) -> Path:
     return path
 
 
-__all__ = ["cpu_name", "environment", "write_results"]
+__all__ = ["cpu_name", "describe_environment", "write_results"]

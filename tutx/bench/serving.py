@@ -7,7 +7,7 @@ what its users feel (``tutx bench serve``; after ``vllm bench serve``).
 warm-up requests that are not counted. The stream is read as raw bytes and split into SSE events
 here (:class:`SSEReader`), so that each chunk is timestamped when it arrives and a malformed
 stream or an error status becomes a *failed request with a reason*, never a crash. The timelines
-go to :func:`tutx.bench.serving_metrics.serving_metrics`. :func:`sweep` repeats the run over
+go to :func:`tutx.bench.serving_metrics.serving_summary`. :func:`sweep` repeats the run over
 request rates: the latency–throughput curve and the rate where the SLO breaks.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tutx._validate import check_bool, check_choice, check_int, check_optional_int, check_positive, check_str
 from tutx.bench.arrivals import arrival_times, check_rate
-from tutx.bench.serving_metrics import RequestRecord, serving_metrics, slo_break
+from tutx.bench.serving_metrics import RequestRecord, serving_summary, slo_break
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
@@ -217,7 +217,7 @@ async def benchmark_serving_async(base_url: str, prompts, model: str | None = No
     config = {"base_url": base_url, "model": model, "endpoint": endpoint, "request_rate": request_rate,
               "burstiness": burstiness, "max_concurrency": max_concurrency, "num_prompts": len(prompts),
               "warmup": warmup, "warmup_failed": warmup_failed, "seed": seed}
-    return ServingRun(config, list(records), serving_metrics(records, duration, slos))
+    return ServingRun(config, list(records), serving_summary(records, duration, slos))
 
 
 def _run_sync(coro):

@@ -2,7 +2,7 @@
 
 Pure functions, no HTTP: :class:`RequestRecord` holds what the client saw of one request (when it
 was sent, when each streamed chunk arrived, when it ended, how many tokens came back, whether it
-failed and why); :func:`serving_metrics` turns a list of them into the summary:
+failed and why); :func:`serving_summary` turns a list of them into the summary:
 
 - **TTFT** (time to first token): first chunk with text minus send time;
 - **TPOT** (time per output token, the first excluded): ``(E2E - TTFT) / (output_tokens - 1)``,
@@ -123,7 +123,7 @@ def summarise_ms(values) -> dict[str, float]:
     return out
 
 
-def serving_metrics(records, duration: float, slos: dict[str, float] | None = None) -> dict:
+def serving_summary(records, duration: float, slos: dict[str, float] | None = None) -> dict:
     """The run's summary: counts, throughputs (per second of ``duration``), latency stats in ms,
     goodput under ``slos`` (ms, see :func:`parse_goodput`), and the failure reasons counted."""
     check_positive("duration", duration)
@@ -165,4 +165,4 @@ def slo_break(rows: list[dict], fraction: float = 0.9) -> dict | None:
     return None
 
 
-__all__ = ["RequestRecord", "parse_goodput", "meets_slos", "summarise_ms", "serving_metrics", "slo_break", "SLO_KEYS"]
+__all__ = ["RequestRecord", "parse_goodput", "meets_slos", "summarise_ms", "serving_summary", "slo_break", "SLO_KEYS"]
