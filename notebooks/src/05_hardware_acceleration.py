@@ -62,7 +62,333 @@ device = tutx.device.get()
 # %% [markdown]
 # ## 2. Triton from first principles
 #
-# (H5a: cells here)
+# A Triton kernel is written for **one program**, the unit the GPU schedules onto a streaming
+# multiprocessor: the launch grid says how many programs run, `tl.program_id(0)` says which one
+# this is, and the code works on whole **blocks** of values (`tl.arange(0, BLOCK)`) that the
+# compiler spreads over the program's warps, registers and shared memory. What we decide is what
+# each program reads from HBM (the GPU's main memory), how often, and in what order; the compiler
+# handles the threads. {cite}`tillet2019triton`
+#
+# Every kernel of this section is a triple in `tutx.kernels`, like the attention kernels of
+# Chapter 4: `<op>_kernel` (the `@triton.jit` function), `<op>(...)`, the wrapper that checks its
+# inputs, allocates the output and launches, and `<op>_ref(...)`, the same operation in plain
+# PyTorch — the ground truth the tests compare against. Without a GPU the set-up cell switched on
+# Triton's interpreter, so the kernels below really run here, on small inputs (exact, but slow:
+# the interpreter is for checking, never for timing).
+#
+# ### 2.1 A kernel that passes its test and is still wrong
+#
+# The first version of this course shipped a "fused attention" kernel. Like FlashAttention it
+# streams the keys in blocks so the `[S_q, S_k]` score matrix never exists — but inside each key
+# block it takes a *complete* softmax. Here it is, reproduced faithfully (the `else:` branch of
+# the loop); the `if ONLINE:` branch is the fix we come to below.
+
+# %%
+from tutx.kernels import naive_fused_attention, naive_fused_attention_ref
+from tutx.kernels.seed_attention import naive_fused_attention_kernel
+
+tutx.show(naive_fused_attention_kernel)
+
+# %% [markdown]
+# The test it came with compared it to plain attention on a short sequence. We run that test,
+# then the same test with more keys than one block of 32 holds:
+
+# %%
+def check_attention(s_k, online=False, block_n=32, seed=0):
+    """The kernel against the reference on random q [1, 2, 19, 32], k and v [1, 2, s_k, 32]."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, s, 32, generator=g) for s in (19, s_k, s_k))
+    got = naive_fused_attention(q, k, v, block_n=block_n, online=online)
+    want = naive_fused_attention_ref(q, k, v)
+    err = (got - want).abs().max().item()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    return err
+
+
+check_attention(s_k=27)
+print("27 keys (one key block):    test passes")
+try:
+    check_attention(s_k=77)
+except AssertionError as failure:
+    mismatched = [line for line in str(failure).splitlines() if line.startswith("Mismatched")][0]
+    print(f"77 keys (three key blocks): test FAILS — {mismatched}")
+
+# %% [markdown]
+# Why: each block's weights `p` sum to 1 *on their own*, so with `n` key blocks the output is a
+# sum of `n` separate attention outputs. Values that are all ones make it plain — attention to a
+# constant must return that constant, and this kernel returns the number of key blocks:
+
+# %%
+q1 = torch.randn(1, 1, 4, 32, generator=torch.Generator().manual_seed(1))
+for s_k in (32, 64, 96):
+    k1, ones = torch.randn(1, 1, s_k, 32), torch.ones(1, 1, s_k, 32)
+    out = naive_fused_attention(q1, k1, ones, block_n=32)
+    print(f"{s_k} keys = {s_k // 32} block(s): attention to all-ones values returns {out.mean().item():.2f}")
+
+# %% [markdown]
+# **The fix** is the *online softmax* {cite}`milakov2018online`: keep, per query, the running max
+# $m$ of the scores seen so far and the running sum $\ell$ of $e^{s - m}$. When a new block raises
+# the max to $m'$, everything accumulated so far was computed against the old max and is rescaled
+# by $\alpha = e^{m - m'}$:
+#
+# $$\ell \leftarrow \alpha\,\ell + \textstyle\sum_j e^{s_j - m'}, \qquad
+#   \mathrm{acc} \leftarrow \alpha\,\mathrm{acc} + P\,V_{\text{block}}, \qquad
+#   \text{output} = \mathrm{acc} / \ell \text{ once, at the end.}$$
+#
+# Three lines in the kernel (`ONLINE=True`). With it the failing test passes, for any number of
+# key blocks:
+
+# %%
+for s_k, block_n in ((77, 32), (200, 16)):
+    err = check_attention(s_k, online=True, block_n=block_n)
+    print(f"online softmax, {s_k} keys in blocks of {block_n}: test passes (max error < 1e-5: {err < 1e-5})")
+
+# %% [markdown]
+# This is exactly the update inside `tutx.kernels.flash_attention` (Chapter 4), which adds base-2
+# exponentials, GQA, causal masks, autotuning and a backward pass {cite}`dao2022flashattention`.
+# The lesson is the test's: **test a blocked kernel at sizes that span several blocks, with ragged
+# tails** — every test in `tests/kernels/` does.
+#
+# ### 2.2 Fused softmax: one read, one write
+#
+# Softmax does about 5 FLOPs per element (max, subtract, exp, add, divide) and must move at least
+# 2 elements (read $x$, write $y$). Eager PyTorch makes several passes over the row when the
+# steps are separate kernels; a fused kernel loads the row once into registers, does everything
+# there and stores once. Rows longer than one block (more than `MAX_BLOCK` columns) take a looped
+# two-pass path: an online max/sum over the row, then a normalising pass — two reads, one write.
+
+# %%
+from tutx.kernels import softmax, softmax_ref
+from tutx.kernels.fused_softmax import MAX_BLOCK, softmax_kernel
+
+tutx.show(softmax_kernel)
+
+# %%
+g = torch.Generator().manual_seed(0)
+x = torch.randn(5, 37, generator=g) * 4  # 37 columns: the block of 64 has a masked tail
+for dtype in (torch.float32, torch.bfloat16):
+    for block_size, path in ((None, "one block"), (16, "looped, 3 blocks per row")):
+        y = softmax(x.to(dtype), block_size=block_size)
+        torch.testing.assert_close(y.float(), softmax_ref(x.to(dtype)).float(), atol=8e-3, rtol=1e-2)
+        print(f"softmax {str(dtype):15} {path:25} matches softmax_ref")
+print(f"rows up to MAX_BLOCK = {MAX_BLOCK} columns take the one-read path")
+
+# %% [markdown]
+# ### 2.3 RMSNorm and LayerNorm, forward and backward
+#
+# Both normalise each row over its features {cite}`ba2016layer,zhang2019root`. The forward is
+# one program per row, everything in registers, plus one fp32 `mean` and `rstd` per row saved
+# for the backward. The backward's `dx` is per row too — but the weight gradient
+# $\partial w = \sum_{\text{rows}} dy \cdot \hat x$ sums over *all* rows. Thousands of programs adding
+# into one `[N]` vector would serialise on atomics, so the backward runs in **two steps**: each of
+# a few programs per SM walks its own slice of rows and keeps its partial $\partial w$ in
+# registers, written once to its own row of a small fp32 `[P, N]` buffer; a second kernel sums
+# that buffer over `P`. No atomics, and the result does not depend on scheduling.
+
+# %%
+from tutx.kernels import layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
+from tutx.kernels.norms import column_sum_kernel, norm_bwd_kernel
+
+tutx.show(norm_bwd_kernel)
+tutx.show(column_sum_kernel)
+
+# %% [markdown]
+# Both are `torch.autograd.Function`s, so `.backward()` goes through the kernels. Their gradients
+# against PyTorch's autograd on the references, with a ragged feature dimension:
+
+# %%
+g = torch.Generator().manual_seed(1)
+x = (torch.randn(2, 7, 37, generator=g) * 2 + 0.5).requires_grad_()
+w, b = (1 + 0.3 * torch.randn(37, generator=g)).requires_grad_(), (0.2 * torch.randn(37, generator=g)).requires_grad_()
+dy = torch.randn(2, 7, 37, generator=g)
+for name, ours, ref, inputs in (("rms_norm", rms_norm, rms_norm_ref, (x, w)),
+                                ("layer_norm", layer_norm, layer_norm_ref, (x, w, b))):
+    got = torch.autograd.grad(ours(*inputs), inputs, dy)
+    want = torch.autograd.grad(ref(*inputs), inputs, dy)
+    errs = [(a - c).abs().max().item() for a, c in zip(got, want)]
+    grads = ", ".join(f"d{n}" for n in "xwb"[:len(inputs)])
+    print(f"{name:10}: {grads} match autograd on the reference (max error < 1e-4: {max(errs) < 1e-4})")
+
+# %% [markdown]
+# ### 2.4 Fused SwiGLU
+#
+# A Llama MLP computes `down(silu(gate(x)) * up(x))` {cite}`shazeer2020glu`. Eager PyTorch writes
+# `silu(gate)` to memory and reads it back for the multiply: five trips of the
+# `[tokens, intermediate]` tensor through memory where a fused kernel needs three (read gate, read
+# up, write out). The backward is one more elementwise kernel.
+
+# %%
+from tutx.kernels import swiglu, swiglu_ref
+from tutx.kernels.fused_swiglu import swiglu_fwd_kernel
+
+tutx.show(swiglu_fwd_kernel)
+g = torch.Generator().manual_seed(2)
+gate, up = (torch.randn(3, 1111, generator=g).requires_grad_() for _ in range(2))  # 3333 = 3 blocks + a tail
+dy = torch.randn(3, 1111, generator=g)
+same_out = torch.allclose(swiglu(gate, up), swiglu_ref(gate, up), atol=1e-5)
+same_grads = all(torch.allclose(a, c, atol=1e-5) for a, c in zip(
+    torch.autograd.grad(swiglu(gate, up), (gate, up), dy), torch.autograd.grad(swiglu_ref(gate, up), (gate, up), dy)))
+print(f"swiglu matches silu(gate) * up: {same_out}; gradients match autograd: {same_grads}")
+
+# %% [markdown]
+# ### 2.5 A tiled matmul with autotuning, grouped launch order and a fused epilogue
+#
+# Each program computes one `[BLOCK_M, BLOCK_N]` tile of `c = a @ b`, walking K in `BLOCK_K`
+# steps with `tl.dot` on the tensor cores and an fp32 accumulator. Three choices make it fast:
+#
+# - **Tile sizes.** A `BM × BN` tile reads `(BM + BN)·BK` elements per step for `2·BM·BN·BK`
+#   FLOPs, so bigger tiles mean more FLOPs per byte — until shared memory and registers run out.
+#   The best tile depends on the GPU and the shape, so `@triton.autotune` times every config on
+#   the first call for each `(M, N, K)` and keeps the fastest. The list includes tiles that fit a
+#   T4's 64 KB of shared memory; a config that does not fit a GPU fails to compile there and is
+#   skipped.
+# - **Launch order.** Programs start roughly in id order. In row-major order the tiles in flight
+#   cover one row of `c` and so need *all* of `b`; grouped order walks `GROUP_M` rows of tiles
+#   column by column, so the programs in flight share a few blocks of `a` and `b` and find them
+#   in the L2 cache.
+# - **The epilogue.** The activation is applied to the fp32 tile in registers before the single
+#   store; `gelu(a @ b)` in eager writes `c` and reads it back.
+
+# %%
+from tutx.kernels import matmul, matmul_ref
+from tutx.kernels.quant_matmul import tile_ids
+from tutx.kernels.tiled_matmul import GPU_TILES, launch_order, matmul_kernel
+
+tutx.show(tile_ids)
+tutx.show(matmul_kernel)
+
+# %% [markdown]
+# The GPU configurations, with the shared memory their pipelined tiles need in fp16
+# (`stages × (BM·BK + BK·BN) × 2` bytes — Triton's own allocation is close to this):
+
+# %%
+rows = []
+for bm, bn, bk, warps, stages in GPU_TILES:
+    smem = stages * (bm * bk + bk * bn) * 2
+    rows.append({"BLOCK_M×N×K": f"{bm}×{bn}×{bk}", "warps": warps, "stages": stages, "shared KB (fp16)": smem / 1024,
+                 "FLOP per byte loaded": 2 * bm * bn * bk / ((bm + bn) * bk * 2), "fits a T4 (64 KB)": smem <= 64 * 1024})
+show_table(rows, digits=0)
+
+# %% [markdown]
+# Which program computes which tile of an 8 × 8 grid of output tiles — row-major against grouped
+# with `GROUP_M = 4` (`launch_order` is the same arithmetic as `tile_ids`, in Python). The first
+# 16 programs are shaded; the cell prints how many blocks of `a` and `b` they need in each order
+# — fewer when grouped, and the gap widens with the grid.
+
+# %%
+import numpy as np
+
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+for ax, group in zip(axes, (1, 4)):
+    order = np.array(launch_order(8, 8, group_m=group))
+    ax.imshow(order < 16, cmap="Blues", vmin=-0.3, vmax=1.3)
+    for (i, j), pid in np.ndenumerate(order):
+        ax.text(j, i, pid, ha="center", va="center", fontsize=7)
+    ax.set_title("row-major" if group == 1 else f"grouped, GROUP_M={group}")
+    ax.set_xlabel("tile column of c (block of b)")
+    ax.set_ylabel("tile row of c (block of a)")
+    ax.set_xticks([]), ax.set_yticks([])
+    a_rows, b_cols = np.unique(np.where(order < 16)[0]).size, np.unique(np.where(order < 16)[1]).size
+    print(f"{ax.get_title():22}: first 16 programs read {a_rows} row blocks of a and {b_cols} column blocks of b")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# And the check, with ragged tiles in every dimension and each epilogue:
+
+# %%
+g = torch.Generator().manual_seed(3)
+a, b = torch.randn(37, 45, generator=g), torch.randn(45, 70, generator=g)
+for activation in ("none", "relu", "silu", "gelu"):
+    ok = torch.allclose(matmul(a, b, activation), matmul_ref(a, b, activation), atol=1e-4, rtol=1e-4)
+    print(f"matmul with activation={activation!r:7}: matches matmul_ref: {ok}")
+
+# %% [markdown]
+# ### 2.6 The roofline of each kernel
+#
+# `tutx.kernels.costs` counts what an ideal kernel must move and compute at a given shape. Below
+# the ridge point (peak FLOP/s ÷ bandwidth) a kernel is memory-bound and its speed is measured in
+# GB/s; above it, in FLOP/s {cite}`williams2009roofline`. At typical transformer shapes in bf16:
+
+# %%
+from tutx.hardware import get_hardware
+from tutx.kernels import layer_norm_cost, matmul_cost, rms_norm_cost, softmax_cost, swiglu_cost
+
+h200, h100 = get_hardware("H200"), get_hardware("H100-SXM")
+bf16 = torch.bfloat16
+cases = {
+    "softmax 4096×8192": softmax_cost(4096, 8192, bf16),
+    "rms_norm 16384×4096": rms_norm_cost(16384, 4096, bf16),
+    "layer_norm 16384×4096": layer_norm_cost(16384, 4096, bf16),
+    "layer_norm bwd 16384×4096": layer_norm_cost(16384, 4096, bf16, backward=True),
+    "swiglu 16384×14336": swiglu_cost(16384 * 14336, bf16),
+    "matmul 4096³": matmul_cost(4096, 4096, 4096, bf16),
+}
+rows = []
+for name, cost in cases.items():
+    t_mem, t_flop = cost.bytes / h200.memory_bandwidth, cost.flops / h200.peak("bf16")
+    rows.append({"kernel": name, "MB moved": cost.bytes / 1e6, "GFLOP": cost.flops / 1e9,
+                 "FLOP/byte": cost.intensity, "bound on H200": "memory" if t_mem > t_flop else "compute",
+                 "H200 floor µs": 1e6 * max(t_mem, t_flop)})
+show_table(rows, digits=2)
+print(f"ridge points (bf16): H100 SXM {h100.ridge_point('bf16'):.0f} FLOP/byte, H200 {h200.ridge_point('bf16'):.0f}")
+
+# %%
+intensity = np.logspace(-1, 4, 200)
+plt.figure(figsize=(6.5, 4))
+plt.loglog(intensity, h200.attainable_flops(intensity, "bf16") / 1e12, "k-", label="H200 roofline (bf16)")
+for name, cost in cases.items():
+    plt.plot(cost.intensity, h200.attainable_flops(cost.intensity, "bf16") / 1e12, "o", label=name)
+plt.axvline(h200.ridge_point("bf16"), color="gray", ls=":", lw=1)
+plt.xlabel("arithmetic intensity (FLOP/byte)")
+plt.ylabel("attainable TFLOP/s")
+plt.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# Every kernel but the matmul sits two orders of magnitude left of the ridge: for them the only
+# figure of merit is bytes per second, and the ceiling is the bandwidth a plain copy reaches
+# (a datasheet's bandwidth is never reached in practice). The matmul is the opposite: its bytes are
+# nothing, and it is judged against cuBLAS's TFLOP/s.
+#
+# ### 2.7 Measured on a GPU
+#
+# The GPU check (`python scripts/gpu_check.py --only kernels_ch5`) times each kernel with
+# `triton.testing.do_bench` against PyTorch eager, `torch.compile` of the same function and a
+# plain copy of the same number of bytes, and the matmul against cuBLAS, and records the run in
+# a results file. The targets: fused softmax and norms at ≥ 85% of the copy bandwidth and at
+# least as fast as `torch.compile`'s fused kernels; the matmul at ≥ 90% of cuBLAS at 4096³.
+
+# %%
+def bandwidth_table(area):
+    measured = latest(area)
+    if measured is None:
+        print(f"No GPU run has recorded '{area}' yet: run `python scripts/gpu_check.py --only kernels_ch5` "
+              f"on a CUDA machine.")
+        return
+    na = lambda v: "n/a" if v is None else v  # noqa: E731  (a baseline that could not run)
+    show_table([{"op": r["op"], "shape": f"{r['rows']}×{r['cols']}", "dtype": r["dtype"],
+                 "Triton GB/s": na(r["triton_gbps"]), "eager GB/s": na(r["eager_gbps"]),
+                 "compile GB/s": na(r["compile_gbps"]), "copy GB/s": na(r["copy_gbps"]),
+                 "% of copy": na(r["pct_of_copy"]), "× eager": na(r["vs_eager"]), "× compile": na(r["vs_compile"])}
+                for r in measured.rows if "triton_gbps" in r], digits=2)
+    print(f"{measured.environment.get('device', '?')}, {measured.source.name}")
+
+
+for area in ("kernels_softmax", "kernels_norms", "kernels_swiglu"):
+    bandwidth_table(area)
+
+measured = latest("kernels_matmul")
+if measured is None:
+    print("No GPU run has recorded 'kernels_matmul' yet: run `python scripts/gpu_check.py --only kernels_ch5` "
+          "on a CUDA machine.")
+else:
+    show_table([{"M×N×K": f"{r['M']}×{r['N']}×{r['K']}", "dtype": r["dtype"], "epilogue": r["activation"],
+                 "Triton TFLOP/s": r["triton_tflops"], "cuBLAS TFLOP/s": r["cublas_tflops"],
+                 "compile TFLOP/s": "n/a" if r["compile_tflops"] is None else r["compile_tflops"],
+                 "× cuBLAS": r["vs_cublas"]} for r in measured.rows if "triton_tflops" in r],
+               digits=2)
+    print(f"{measured.environment.get('device', '?')}, {measured.source.name}")
 
 # %% [markdown]
 # ## 3. Launch overhead: torch.compile and CUDA graphs
