@@ -203,3 +203,13 @@ def test_draw_tensor_parallel(tiny):
     plt.close(fig)
     with pytest.raises(TypeError, match="plan"):
         draw_tensor_parallel(4)
+
+
+def test_write_report_prints_without_a_folder_and_writes_with_one(tmp_path, monkeypatch, capsys):
+    from tutx.parallel.launch import REPORT_DIR_ENV, write_report
+
+    monkeypatch.delenv(REPORT_DIR_ENV, raising=False)
+    assert write_report({"rank": 0}) is None and '"rank": 0' in capsys.readouterr().out
+    monkeypatch.setenv(REPORT_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+    assert write_report({"rank": 1}) == tmp_path / "rank1.json"
