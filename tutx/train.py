@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tutx._validate import check_choice, check_int, check_number, check_optional_int, check_positive, check_positive_int
+from tutx.compress.distill import kd_loss
 
 __all__ = ["train", "lr_at", "causal_lm_loss", "distillation_loss", "random_windows", "SCHEDULES"]
 
@@ -68,16 +69,13 @@ def distillation_loss(model: nn.Module, teacher: nn.Module, input_ids: torch.Ten
     """``KL(teacher || model)`` of the next-token distributions, averaged over the tokens of ``input_ids [B, T]``.
 
     Soft targets from the teacher: the student is pulled towards what the teacher predicts, not
-    towards the one-hot next token of the training text.
+    towards the one-hot next token of the training text. This is
+    :func:`tutx.compress.distill.kd_loss` at temperature 1 without labels (the one implementation).
     """
     with torch.no_grad():
         t_out = teacher(input_ids=input_ids)
-        t_logits = getattr(t_out, "logits", t_out)
-        t_logp = F.log_softmax(t_logits.to(torch.promote_types(t_logits.dtype, torch.float32)), -1)  # [B, T, V]
     out = model(input_ids=input_ids)
-    logits = getattr(out, "logits", out)
-    s_logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)  # [B, T, V]
-    return F.kl_div(s_logp.flatten(0, 1), t_logp.flatten(0, 1), log_target=True, reduction="batchmean")
+    return kd_loss(getattr(out, "logits", out), getattr(t_out, "logits", t_out), temperature=1.0)
 
 
 def lr_at(step: int, total: int | None, lr: float, warmup_steps: int = 0, schedule: str = "cosine") -> float:
@@ -109,7 +107,8 @@ def _batches(batches, steps):
 def train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, object], torch.Tensor],
           steps: int | None = None, lr: float = 1e-4, *, warmup_steps: int = 0, schedule: str = "cosine",
           weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, seed: int | None = 0,
-          progress: bool = True, desc: str = "train") -> list[float]:
+          progress: bool = True, desc: str = "train",
+          callback: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` on ``batches`` with AdamW, minimising ``loss_fn(model, batch)``; returns each step's loss.
 
     ``steps=None`` makes one pass over ``batches``; a larger ``steps`` goes round a list again
@@ -119,6 +118,8 @@ def train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, obj
     to ``max_grad_norm`` (None: no clipping). ``seed`` seeds torch's global generator first
     (dropout, sampling inside ``loss_fn``), so a run repeats; None leaves it alone. Raises
     ``ValueError`` if the loss becomes NaN or infinite. The model's train/eval mode is restored.
+    ``callback(step, loss)``, if given, runs after each optimiser step (periodic evaluation; the
+    model is put back in training mode after it).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -132,6 +133,8 @@ def train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, obj
     if max_grad_norm is not None:
         check_positive("max_grad_norm", max_grad_norm)
     check_optional_int("seed", seed)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a function (step, loss) -> None, got {type(callback).__name__}")
     if isinstance(batches, torch.Tensor):
         raise TypeError("token_batches: expected an iterable of input_ids tensors, got a single tensor; "
                         "wrap it in a list")
@@ -167,6 +170,9 @@ def train(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, obj
                 losses.append(value)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 bar.update(1)
+                if callback is not None:
+                    callback(step, value)
+                    model.train()
     finally:
         model.train(was_training)
         opt.zero_grad(set_to_none=True)
