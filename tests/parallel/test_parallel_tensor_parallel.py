@@ -121,6 +121,10 @@ def test_world_of_one_matches_and_refuses_a_second_split(tiny, world1):
         tensor_parallel_(ours)
     with pytest.raises(ValueError, match="rank"):
         shard_(copy.deepcopy(model), 2, 2)
+    with pytest.raises(TypeError, match="rank"):
+        shard_(copy.deepcopy(model), "0", 2)
+    with pytest.raises(TypeError, match="group: expected None"):
+        tensor_parallel_(copy.deepcopy(model), group="world")
 
 
 @pytest.mark.parametrize("world", [2, 4, 8])
@@ -147,8 +151,10 @@ def test_parallel_linears_alone_and_their_gradients(world1):
     torch.manual_seed(0)
     linear = nn.Linear(6, 4)
     x = torch.randn(3, 6, requires_grad=True)
-    col = ColumnParallelLinear.from_linear(linear, gather_output=True)
-    row = RowParallelLinear.from_linear(linear)
+    with torch.no_grad():  # sharding under no_grad keeps the parameters trainable
+        col = ColumnParallelLinear.from_linear(linear, gather_output=True)
+        row = RowParallelLinear.from_linear(linear)
+    assert col.weight.requires_grad and row.weight.requires_grad and row.bias.requires_grad
     assert torch.allclose(col(x), linear(x)) and torch.allclose(row(x), linear(x), atol=1e-6)
     assert row.allreduce_calls == 1 and row.allreduce_bytes == 3 * 4 * 4
     row(x).sum().backward()
@@ -183,6 +189,7 @@ def test_two_process_gloo_run_matches_unsharded_and_dtensor(tiny):
         assert (r["rank"], r["world_size"], r["backend"]) == (rank, 2, "gloo")
         assert r["max_abs_diff_tp"] <= LOGITS_ATOL and r["max_abs_diff_dtensor"] <= LOGITS_ATOL
         assert r["max_abs_diff_tp_vs_dtensor"] <= LOGITS_ATOL
+        assert r["grad_rel_diff_tp"] <= LOGITS_ATOL  # training through the shards: Megatron's f and g
         assert len(r["tokens_ref"]) == 4 and r["tokens_tp"] == r["tokens_ref"] == r["tokens_dtensor"]
         assert 2 * r["params"]["sharded_local"] == r["params"]["sharded_full"]
         assert r["allreduce_calls_per_forward"] == 2 * layers

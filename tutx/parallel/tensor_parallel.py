@@ -16,8 +16,10 @@ launches such a job from Python.
 """
 from __future__ import annotations
 
+import torch.distributed as dist
 from torch import nn
 
+from tutx._validate import check_int
 from tutx.parallel.tp_layers import (
     ColumnParallelLinear,
     RowParallelLinear,
@@ -85,8 +87,7 @@ def shard_(model: nn.Module, rank: int, world_size: int, group=None) -> nn.Modul
     which is how the tests check the GQA split without four processes."""
     layers = decoder_layers(model)
     plan = plan_tensor_parallel(model.config, world_size)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank: expected 0 <= rank < world_size ({world_size}), got {rank}")
+    check_int("rank", rank, minimum=0, maximum=world_size - 1)
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.q_proj = ColumnParallelLinear.from_linear(attn.q_proj, group, rows=plan.q_rows(rank))
@@ -111,6 +112,10 @@ def tensor_parallel_(model: nn.Module, group=None) -> nn.Module:
     """
     decoder_layers(model)
     rank, world_size = group_rank_world(group)
+    device = next(model.parameters()).device
+    if dist.get_backend(group) == "nccl" and device.type != "cuda":
+        raise ValueError(f"model: on {device}, but the group's backend is NCCL; move it to its GPU first "
+                         "(cuda:LOCAL_RANK)")
     return shard_(model, rank, world_size, group)
 
 

@@ -28,8 +28,8 @@ __all__ = ["run_checks", "main", "PROMPT", "LOGITS_ATOL"]
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 LOGITS_ATOL = 1e-4
-"""Tolerance on max |sharded - unsharded| logits in fp32: the shards only change the order of the
-float sums (measured about 1e-6 on the tiny LM)."""
+"""Tolerance on max |sharded - unsharded| logits in fp32, and on the gradients relative to their
+largest value: the shards only change the order of the float sums (about 1e-5 measured)."""
 
 
 def _param_counts(model) -> dict:
@@ -70,6 +70,24 @@ def _allreduce_us(numel: int, device, iters: int) -> float:
     return statistics.median(times) * 1e6
 
 
+@torch.enable_grad()
+def _grad_rel_diff(model, tp, ids) -> float:
+    """Largest |sharded - unsharded| gradient of the LM loss, relative to the largest gradient, over
+    the (replicated) embedding and this rank's slice of the first q_proj: checks Megatron's f and g."""
+    grads = []
+    for m in (model, tp):
+        m.zero_grad(set_to_none=True)
+        m(ids, labels=ids).loss.backward()
+        grads.append((m.model.embed_tokens.weight.grad, m.model.layers[0].self_attn.q_proj.weight.grad))
+    (ref_embed, ref_q), (tp_embed, tp_q) = grads
+    start, stop = tp.tutx_tp_plan.q_rows(dist.get_rank())
+    diff = max((tp_embed - ref_embed).abs().max().item(), (tp_q - ref_q[start:stop]).abs().max().item())
+    scale = max(ref_embed.abs().max().item(), ref_q.abs().max().item())
+    for m in (model, tp):
+        m.zero_grad(set_to_none=True)
+    return diff / scale
+
+
 @torch.no_grad()
 def run_checks(new_tokens: int = 16, dtensor: bool = True, allreduce_iters: int = 50) -> dict:
     """This rank's report: what it holds, the largest logit differences, greedy tokens, all-reduce times."""
@@ -96,6 +114,7 @@ def run_checks(new_tokens: int = 16, dtensor: bool = True, allreduce_iters: int 
                   allreduce_bytes_per_token=sum(m.allreduce_bytes for m in rows) // ids.shape[1],
                   tokens_tp=_greedy(tp, ids, new_tokens, eos),
                   kv_heads_local=tp.tutx_tp_plan.local_kv_heads, heads_local=tp.tutx_tp_plan.local_heads)
+    report["grad_rel_diff_tp"] = _grad_rel_diff(model, tp, ids)
     if dtensor:
         dt = dtensor_parallel_(copy.deepcopy(model))
         dt_logits = dt(ids).logits

@@ -65,6 +65,8 @@ def group_rank_world(group) -> tuple[int, int]:
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("group: torch.distributed is not initialised; call "
                            "torch.distributed.init_process_group() first (torchrun sets up the environment)")
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group: expected None (the world) or a torch.distributed.ProcessGroup, got {group!r}")
     return dist.get_rank(group), dist.get_world_size(group)
 
 
@@ -102,7 +104,8 @@ class ColumnParallelLinear(nn.Module):
         index = torch.arange(*rows) if isinstance(rows, tuple) else rows
         index = index.to(linear.weight.device)
         bias = None if linear.bias is None else linear.bias[index]
-        return cls(linear.weight[index], bias, group, gather_output=gather_output, out_features=linear.out_features)
+        layer = cls(linear.weight[index], bias, group, gather_output=gather_output, out_features=linear.out_features)
+        return layer.requires_grad_(linear.weight.requires_grad)  # slicing under no_grad would drop the flag
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
@@ -147,7 +150,8 @@ class RowParallelLinear(nn.Module):
             rank, world = group_rank_world(group)
             cols = _shard_bounds(linear.in_features, rank, world, "in_features")
         start, stop = cols
-        return cls(linear.weight[:, start:stop], linear.bias, group, in_features=linear.in_features)
+        layer = cls(linear.weight[:, start:stop], linear.bias, group, in_features=linear.in_features)
+        return layer.requires_grad_(linear.weight.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(x, self.weight)  # [..., out], a partial sum
