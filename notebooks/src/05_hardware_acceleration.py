@@ -510,14 +510,18 @@ print(f"all-reduces per forward pass: {r0['allreduce_calls_per_forward']} (2 per
       f"(comm_per_token: {comm_per_token(tiny_config(), 2)['payload_bytes']})")
 for r in reports:
     print(f"rank {r['rank']}: max |logits - unsharded| <= {atol:g}: ours {r['max_abs_diff_tp'] <= atol}, "
-          f"DTensor {r['max_abs_diff_dtensor'] <= atol}; ours vs DTensor {r['max_abs_diff_tp_vs_dtensor'] <= atol}")
+          f"DTensor {r['max_abs_diff_dtensor'] <= atol}; ours vs DTensor {r['max_abs_diff_tp_vs_dtensor'] <= atol}; "
+          f"gradients within {atol:g} (relative): {r['grad_rel_diff_tp'] <= atol}")
 same = all(r["tokens_tp"] == r["tokens_dtensor"] == r["tokens_ref"] == r0["tokens_ref"] for r in reports)
 print(f"16 greedy tokens identical (unsharded, ours, DTensor, both ranks): {same}")
 print("continuation:", repr(load_tiny_tokenizer().decode(r0["tokens_tp"])))
 
 # %% [markdown]
 # The sharded logits equal the unsharded ones up to the order of float additions (the tolerance,
-# $10^{-4}$ in fp32, is far above what we see), so the greedy tokens are the same. Each rank keeps
+# $10^{-4}$ in fp32, is far above what we see), so the greedy tokens are the same. The gradients of
+# the language-model loss match too (the embedding's, and this rank's slice of a `q_proj`): the
+# backward pass all-reduces the input gradient of each column-parallel block, Megatron's `f`, and
+# passes the output gradient of each row-parallel one through, its `g`, so the same split trains. Each rank keeps
 # half of the attention and MLP weights; the embedding (tied with the LM head) and the norms are
 # replicated, which is why a rank holds more than half of this small model (in a large model the
 # decoder layers are nearly all of the weights). The all-reduce time each rank measured (one decode token's hidden
