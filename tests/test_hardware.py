@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tutx.hardware import HARDWARE, Hardware, get_hardware
+from tutx.hardware import ACCELERATORS, HARDWARE, Hardware, get_hardware
 
 
 def test_table_has_the_course_gpus_and_a_cpu():
@@ -102,3 +102,57 @@ def test_hardware_is_frozen_and_its_table_read_only():
     with pytest.raises(AttributeError):
         hw.memory_bandwidth = 1.0
     assert "X" in repr(hw) and "TFLOP/s" in repr(hw)
+
+
+# ---- Chapter 5: accelerators beyond the GPU ----------------------------------------------------
+
+def test_accelerators_are_kept_apart_from_the_course_gpus_and_sourced():
+    assert set(ACCELERATORS) == {"TPU-v5e", "TPU-v5p", "TPU-v6e", "Trainium", "Trainium2", "Inferentia2",
+                                 "Gaudi2", "Gaudi3", "M1-Ultra"}
+    assert not set(ACCELERATORS) & set(HARDWARE)
+    for hw in ACCELERATORS.values():
+        assert hw.source and hw.memory_bandwidth > 0 and hw.memory_bytes > 0
+        assert "bf16" in hw.peak_flops or "fp16" in hw.peak_flops
+
+
+@pytest.mark.parametrize(
+    "name, dtype, flops, bandwidth, memory",
+    [
+        ("TPU-v5e", "bf16", 197e12, 819e9, 16e9),
+        ("TPU-v5p", "bf16", 459e12, 2765e9, 95e9),
+        ("TPU-v6e", "bf16", 918e12, 1640e9, 32e9),
+        ("Trainium", "bf16", 190e12, 820e9, 32e9),
+        ("Trainium2", "bf16", 667e12, 2.9e12, 96e9),
+        ("Inferentia2", "bf16", 190e12, 820e9, 32e9),
+        ("Gaudi2", "bf16", 432e12, 2.45e12, 96e9),
+        ("Gaudi3", "bf16", 1835e12, 3.7e12, 128e9),
+        ("M1-Ultra", "fp16", 21e12, 800e9, 128e9),
+    ],
+)
+def test_accelerator_datasheet_numbers(name, dtype, flops, bandwidth, memory):
+    hw = get_hardware(name.lower())  # found by get_hardware, ignoring case
+    assert hw is ACCELERATORS[name]
+    assert hw.peak(dtype) == pytest.approx(flops)
+    assert hw.memory_bandwidth == pytest.approx(bandwidth)
+    assert hw.memory_bytes == pytest.approx(memory)
+
+
+def test_accelerator_ridge_points_and_decode_ceiling():
+    from tutx.configs import get_spec
+    from tutx.scaling import decode_ceiling
+
+    assert ACCELERATORS["TPU-v5e"].ridge_point("bf16") == pytest.approx(197e12 / 819e9)
+    assert ACCELERATORS["M1-Ultra"].ridge_point("fp16") == pytest.approx(26.25)
+    with pytest.raises(ValueError, match=r"dtype='bf16'.*M1-Ultra.*fp16"):
+        ACCELERATORS["M1-Ultra"].peak("bf16")
+    spec = get_spec("Llama-3.1-8B")
+    # batch-1 decode is memory-bound everywhere: the ceiling is bandwidth / bytes per token
+    for hw in ACCELERATORS.values():
+        dtype = "bf16" if "bf16" in hw.peak_flops else "fp16"
+        assert decode_ceiling(spec, hw, dtype) == pytest.approx(
+            hw.memory_bandwidth / spec.decode_bytes_per_token(dtype))
+
+
+def test_unknown_name_lists_the_accelerators_too():
+    with pytest.raises(ValueError, match=r"name='TPU-v4'.*H200.*TPU-v5e.*M1-Ultra"):
+        get_hardware("TPU-v4")

@@ -167,13 +167,56 @@ HARDWARE: dict[str, Hardware] = {
 }
 
 
+_AWS = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/general/arch/neuron-hardware"
+
+#: Accelerators beyond the GPU (Chapter 5), per chip, from the vendors' documentation: Google TPUs
+#: (systolic matrix units, bf16 in, fp32 accumulate), AWS Trainium and Inferentia (NeuronCores
+#: with systolic tensor engines), Intel Gaudi (matrix engines + programmable TPCs), and Apple
+#: silicon (a GPU sharing one unified memory with the CPU). Kept apart from :data:`HARDWARE`
+#: (the GPUs the course runs on); :func:`get_hardware` finds both.
+ACCELERATORS: dict[str, Hardware] = {
+    h.name: h
+    for h in [
+        # Google Cloud TPU docs, "TPU v5e": 197 TFLOP/s bf16, 394 TOP/s int8, 16 GB HBM2e at 819 GB/s per chip.
+        Hardware("TPU-v5e", {"bf16": 197 * T, "int8": 394 * T}, 819 * G, 16 * G,
+                 "https://cloud.google.com/tpu/docs/v5e (system architecture, per chip)"),
+        # "TPU v5p": 459 TFLOP/s bf16, 918 TOP/s int8, 95 GB HBM2e at 2765 GB/s per chip.
+        Hardware("TPU-v5p", {"bf16": 459 * T, "int8": 918 * T}, 2765 * G, 95 * G,
+                 "https://cloud.google.com/tpu/docs/v5p (system architecture, per chip)"),
+        # "TPU v6e" (Trillium): 918 TFLOP/s bf16, 1836 TOP/s int8, 32 GB HBM at 1640 GB/s per chip.
+        Hardware("TPU-v6e", {"bf16": 918 * T, "int8": 1836 * T}, 1640 * G, 32 * G,
+                 "https://cloud.google.com/tpu/docs/v6e (system architecture, per chip)"),
+        # AWS Neuron docs, Trainium (trn1): per chip 190 TFLOP/s fp16/bf16, 47.5 fp32, 32 GB HBM at 820 GB/s.
+        Hardware("Trainium", {"fp32": 47.5 * T, "fp16": 190 * T, "bf16": 190 * T}, 820 * G, 32 * G,
+                 f"{_AWS}/trainium.html (per chip)"),
+        # Trainium2 (trn2): per chip 667 TFLOP/s bf16 and 1299 fp8 dense, 96 GB HBM at 2.9 TB/s.
+        Hardware("Trainium2", {"bf16": 667 * T, "fp8": 1299 * T}, 2.9 * T, 96 * G,
+                 f"{_AWS}/trainium2.html (per chip)"),
+        # Inferentia2 (inf2): per chip 190 TFLOP/s fp16/bf16, 380 TOP/s int8, 32 GB HBM at 820 GB/s.
+        Hardware("Inferentia2", {"fp32": 47.5 * T, "fp16": 190 * T, "bf16": 190 * T, "int8": 380 * T},
+                 820 * G, 32 * G, f"{_AWS}/inferentia2.html (per chip)"),
+        # Intel Gaudi 2: matrix engines 432 TFLOP/s bf16, 865 fp8; 96 GB HBM2e at 2.45 TB/s.
+        Hardware("Gaudi2", {"bf16": 432 * T, "fp8": 865 * T}, 2.45 * T, 96 * G,
+                 "Intel Gaudi 2 AI accelerator white paper / product brief (habana.ai)"),
+        # Intel Gaudi 3: 1835 TFLOP/s bf16 and fp8 (matrix engines), 128 GB HBM2e at 3.7 TB/s.
+        Hardware("Gaudi3", {"bf16": 1835 * T, "fp8": 1835 * T}, 3.7 * T, 128 * G,
+                 "Intel Gaudi 3 AI Accelerator White Paper (2024)"),
+        # Apple M1 Ultra: "64-core GPU ... 21 teraflops", 800 GB/s unified memory, up to 128 GB.
+        # Apple gives the fp32 rate only; the fp16 entry assumes the same rate (no faster matrix
+        # units on this GPU), so treat its ridge point as approximate.
+        Hardware("M1-Ultra", {"fp32": 21 * T, "fp16": 21 * T}, 800 * G, 128 * G,
+                 "https://www.apple.com/newsroom/2022/03/apple-unveils-m1-ultra-the-worlds-most-powerful-chip-for-a-personal-computer/"),
+    ]
+}
+
+
 def get_hardware(name: str) -> Hardware:
-    """Look up a :data:`HARDWARE` entry by name, ignoring case (``"h100-sxm"`` works)."""
+    """Look up a :data:`HARDWARE` or :data:`ACCELERATORS` entry by name, ignoring case (``"h100-sxm"`` works)."""
     if isinstance(name, Hardware):
         return name
     if not isinstance(name, str):
         raise TypeError(f"name={name!r}: expected a hardware name string or a Hardware")
-    for key, hw in HARDWARE.items():
+    for key, hw in (*HARDWARE.items(), *ACCELERATORS.items()):
         if key.lower() == name.strip().lower():
             return hw
-    raise ValueError(f"name={name!r}: unknown hardware; known: {', '.join(HARDWARE)}")
+    raise ValueError(f"name={name!r}: unknown hardware; known: {', '.join([*HARDWARE, *ACCELERATORS])}")

@@ -15,6 +15,10 @@
   the row says how many requests it ran). ``ratio`` is the engine's speed-up over each row, and
   ``identical`` counts requests whose tokens equal the engine's (fp16 may flip near-ties).
 
+Chapter 5 (:func:`bench_decode_graphs`) adds ``results["ch05_decode_profile_gpu"]`` (how much of
+an eager decode step is CPU overhead, from the profiler) and ``results["ch05_decode_graphs_gpu"]``
+(decode tokens/s with CUDA graphs against eager, batch 1..32, tokens compared).
+
 Run alone on a GPU: ``PYTHONPATH=. python scripts/gpu_checks/engine.py [out.json]``; a CPU smoke
 test of every code path at toy sizes (no timings worth reading): ``... engine.py --smoke``.
 """
@@ -142,11 +146,29 @@ def bench_generate(rows: list, device: str = "cuda", dtype=torch.float16, n_requ
                      **({"attention_backend": backend} if name.startswith("continuous") else {})})
 
 
+def bench_decode_graphs(results: dict, device: str = "cuda", dtype=torch.float16, batches=(1, 2, 4, 8, 16, 32),
+                        max_tokens: int = 64) -> None:
+    """Chapter 5: the launch overhead of an eager decode step (profiler) and CUDA-graph decode
+    (``EngineConfig(enforce_eager=False)``) against eager, tokens/s per batch size, tokens compared."""
+    from tutx.engine.graph_bench import compare_decode, profile_decode_step
+    from tutx.models import heldout_text
+
+    model, tok = load_tiny(device)
+    model = model.to(dtype)
+    ids = tok.encode(heldout_text())
+    results.setdefault("ch05_decode_profile_gpu", []).extend(
+        dict(profile_decode_step(model, ids, b), dtype=str(dtype)) for b in (1, max(batches)))
+    rows = results.setdefault("ch05_decode_graphs_gpu", [])
+    for b in batches:
+        rows.append(dict(compare_decode(model, ids, b, max_tokens=max_tokens), dtype=str(dtype)))
+
+
 def run(results: dict) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("scripts/gpu_checks/engine.py needs a CUDA GPU (use --smoke for a CPU test)")
     rows = results.setdefault("engine", [])
-    run_steps(rows, (lambda: check_paged_decode(rows), lambda: bench_generate(rows)), "engine")
+    run_steps(rows, (lambda: check_paged_decode(rows), lambda: bench_generate(rows),
+                     lambda: bench_decode_graphs(results)), "engine")
 
 
 def smoke() -> dict:

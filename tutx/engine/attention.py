@@ -12,6 +12,31 @@ import torch.nn.functional as F
 from tutx.kernels.paged_decode import check_paged_metadata
 
 
+def _store_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor) -> None:
+    hkv, d = k_pool.shape[-2:]
+    k_pool.view(-1, hkv, d).index_copy_(0, slots, k)  # [N*bs, Hkv, D]
+    v_pool.view(-1, hkv, d).index_copy_(0, slots, v)
+
+
+# Under torch.compile the write is this custom op, called as it is: traced as a plain indexed
+# assignment, functionalisation copies the whole pool every layer (measured: compiled decode 5x
+# slower than eager on the tiny LM). Eagerly the plain function runs (a custom op's Python
+# wrapper costs more than the write itself).
+_store_kv_op = torch.library.custom_op("tutx::store_kv", _store_kv, mutates_args=("k_pool", "v_pool"))
+
+
+@_store_kv_op.register_fake
+def _(k_pool, v_pool, slots, k, v) -> None:
+    return None
+
+
+def store_kv(k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor) -> None:
+    """Write ``k``, ``v`` ``[T, Hkv, D]`` into the pools' slots ``[T]`` (pools ``[N, bs, Hkv, D]``), in place."""
+    (_store_kv_op if torch.compiler.is_compiling() else _store_kv)(k_pool, v_pool, slots, k, v)
+
+
 def gather_kv(pool: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
     """The first ``length`` cached rows of one sequence, made dense: ``[length, Hkv, D]``."""
     block_size = pool.shape[1]
@@ -60,4 +85,4 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cac
     return out[0].transpose(0, 1)  # [S_new, Hq, D]
 
 
-__all__ = ["gather_kv", "paged_decode_attention_sdpa", "prefill_attention"]
+__all__ = ["store_kv", "gather_kv", "paged_decode_attention_sdpa", "prefill_attention"]

@@ -26,6 +26,11 @@ class EngineConfig:
     - ``attention_backend``: "auto", "triton" or "sdpa" (see :class:`~tutx.engine.ModelRunner`).
     - ``decode_group_size``: with SDPA decode, sort a step's rows by length and attend in groups
       of this many rows, each gathering only the blocks its longest row needs (None: one group).
+    - ``enforce_eager``: False runs decode steps with static shapes (:mod:`tutx.engine.graphs`):
+      captured as CUDA graphs on a GPU, compiled with ``torch.compile`` on a CPU, for the batch
+      sizes ``graph_batch_sizes`` (None: 1, 2, 4, ... up to ``max_num_seqs``); a step of ``B``
+      sequences is padded to the next of them. Falls back to eager, with a warning, where it
+      cannot run.
     """
 
     block_size: int = 16
@@ -36,6 +41,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     decode_group_size: int | None = 16
+    enforce_eager: bool = True
+    graph_batch_sizes: tuple | None = None
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
@@ -44,6 +51,13 @@ class EngineConfig:
             check_optional_int(name, getattr(self, name), minimum=1)
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
+        check_bool("enforce_eager", self.enforce_eager)
+        if self.graph_batch_sizes is not None:
+            if not isinstance(self.graph_batch_sizes, tuple) or not self.graph_batch_sizes:
+                raise TypeError(f"graph_batch_sizes: expected a non-empty tuple of ints or None, "
+                                f"got {self.graph_batch_sizes!r}")
+            for i, size in enumerate(self.graph_batch_sizes):
+                check_positive_int(f"graph_batch_sizes[{i}]", size)
         if self.max_num_batched_tokens is not None and self.max_model_len is not None \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(f"max_num_batched_tokens: expected >= max_model_len={self.max_model_len} "

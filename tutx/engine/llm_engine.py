@@ -15,6 +15,7 @@ from typing import Callable
 from tutx._validate import check_bool
 from tutx.engine.block_manager import BlockManager
 from tutx.engine.config import EngineConfig, cdiv
+from tutx.engine.graphs import graph_batch_sizes
 from tutx.engine.model_runner import ModelRunner, check_model
 from tutx.engine.output import OutputProcessor, RequestOutput
 from tutx.engine.sampling import Sampler, SamplingParams, top_logprobs
@@ -41,8 +42,10 @@ class LLMEngine:
         eos = {getattr(tokenizer, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+        graph_sizes = None if config.enforce_eager else graph_batch_sizes(config.max_num_seqs,
+                                                                           config.graph_batch_sizes)
         self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.attention_backend,
-                                  config.decode_group_size)
+                                  config.decode_group_size, graph_sizes, config.max_model_len)
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, frozenset(e for e in eos if e is not None))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tutx.engine.attention import gather_kv, paged_decode_attention_sdpa, prefill_attention
+from tutx.engine.attention import gather_kv, store_kv, paged_decode_attention_sdpa, prefill_attention
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
 
@@ -82,10 +82,15 @@ class ModelRunner:
     CUDA, or on CPU under ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16
     weights and SDPA otherwise (the interpreter is for tests, not a speed path). Sizes and the
     backend are trusted: :class:`~tutx.engine.EngineConfig` checked them.
+
+    ``graph_sizes`` (a tuple of batch sizes, with ``max_model_len``) turns on static-shape decode
+    steps (:mod:`tutx.engine.graphs`): CUDA graphs on CUDA, ``torch.compile`` elsewhere. The pool
+    then has one scratch block more, for the padded rows.
     """
 
     def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto",
-                 decode_group_size: int | None = None):
+                 decode_group_size: int | None = None, graph_sizes: tuple | None = None,
+                 max_model_len: int | None = None):
         check_model(model)
         self.model = model
         self.block_size = block_size
@@ -103,14 +108,23 @@ class ModelRunner:
         self.attention_backend = attention_backend
         # SDPA decode pads every row to the longest context of its group: groups of similar lengths pad less.
         self.decode_group_size = decode_group_size if attention_backend == "sdpa" else None
-        shape = (2, self.num_layers, num_blocks, block_size, self.num_kv_heads, self.head_dim)
-        self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N, bs, Hkv, D]
+        self.max_model_len = max_model_len or cfg.max_position_embeddings
+        self.graphs = None
+        if graph_sizes:
+            from tutx.engine.graphs import make_decode_graphs
+
+            self.graphs = make_decode_graphs(self, graph_sizes, self.device)
+            self.decode_group_size = None  # static shapes: one group as wide as the longest context
+        extra = 1 if self.graphs is not None else 0  # the scratch block padded rows write to
+        shape = (2, self.num_layers, num_blocks + extra, block_size, self.num_kv_heads, self.head_dim)
+        self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N(+1), bs, Hkv, D]
 
     def __repr__(self) -> str:
         return (f"ModelRunner(model={type(self.model).__name__}, layers={self.num_layers}, "
                 f"heads={self.num_heads}/{self.num_kv_heads} (q/kv), head_dim={self.head_dim}, "
                 f"num_blocks={self.num_blocks}, block_size={self.block_size}, backend={self.attention_backend!r}, "
-                f"kv_cache={self.kv_cache_bytes / 2**20:.1f} MiB {self.dtype} on {self.device})")
+                f"kv_cache={self.kv_cache_bytes / 2**20:.1f} MiB {self.dtype} on {self.device}, "
+                f"decode={'eager' if self.graphs is None else type(self.graphs).__name__})")
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -168,8 +182,7 @@ class ModelRunner:
         q, k = apply_rotary(q, k, *cos_sin)
         k_pool, v_pool = self.kv_cache[0, layer], self.kv_cache[1, layer]  # [N, bs, Hkv, D]
         # Write first, read after: a prefill may read blocks another sequence of this batch fills.
-        k_pool.view(-1, self.num_kv_heads, d)[meta.slots] = k  # [N*bs, Hkv, D]
-        v_pool.view(-1, self.num_kv_heads, d)[meta.slots] = v
+        store_kv(k_pool, v_pool, meta.slots, k, v)  # in place (a custom op: torch.compile copies nothing)
         if meta.is_prefill:
             outs = []
             for start, end, cached, table in meta.spans:
@@ -200,7 +213,7 @@ class ModelRunner:
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h
 
-    def _decode_forward(self, meta: AttentionMetadata) -> torch.Tensor:
+    def decode_logits(self, meta: AttentionMetadata) -> torch.Tensor:
         """A decode step from plain tensors to fp32 logits ``[B, V]``.
 
         (``torch.compile(..., dynamic=True)`` of this function was measured in PERF_NOTES.md,
@@ -220,7 +233,9 @@ class ModelRunner:
         """
         if not is_prefill:
             meta = self._prepare_decode(seqs)
-            logits = self._decode_forward(meta)  # [B, V], in the rows' (maybe sorted) order
+            logits = self.graphs(meta) if self.graphs is not None else None  # None: run it eagerly
+            if logits is None:
+                logits = self.decode_logits(meta)  # [B, V], in the rows' (maybe sorted) order
             return logits if meta.unsort is None else logits[meta.unsort]
         meta = self._prepare_prefill(seqs)
         inner = self.model.model

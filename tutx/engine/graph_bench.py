@@ -1,0 +1,102 @@
+"""Measure launch overhead and what static-shape decode (``enforce_eager=False``) removes.
+
+Two measurements, used by ``scripts/engine_graphs.py`` (CPU) and the GPU check
+(``scripts/gpu_checks/engine.py``):
+
+- :func:`profile_decode_step`: one decode step of the engine under ``torch.profiler``: its wall
+  time, the time spent inside operators (CPU self time, or CUDA kernel time on a GPU) and the
+  number of operator calls. The rest of the wall time is Python and dispatch — the overhead.
+- :func:`compare_decode`: the same greedy requests through an eager engine and a graph/compiled
+  one, interleaved rounds; decode tokens per second of each (decode steps only, from the
+  engine's own step records) and whether the tokens are identical.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from tutx.engine.config import EngineConfig
+from tutx.engine.llm_engine import LLMEngine
+from tutx.engine.sampling import SamplingParams
+
+
+def _prompts(ids: list[int], batch: int, prompt_len: int) -> list[list[int]]:
+    return [ids[(300 * i) % (len(ids) - prompt_len):][:prompt_len] for i in range(batch)]
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32, steps: int = 10) -> dict:
+    """Profile ``steps`` eager decode steps of ``batch`` sequences (after ``prompt_len`` prompt tokens)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = next(model.parameters()).device
+    engine = LLMEngine(model, None, EngineConfig(max_num_seqs=max(batch, 1)))
+    for p in _prompts(ids, batch, prompt_len):
+        engine.add_request(p, SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
+    engine.step()  # the prefill
+    seqs, _ = engine.scheduler.schedule()  # a decode batch, its blocks allocated
+    runner = engine.runner
+    with torch.inference_mode():
+        for _ in range(3):
+            runner.run(seqs, False)
+        _sync(device)
+        cuda = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                runner.run(seqs, False)
+            _sync(device)
+            wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    if cuda:
+        busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / steps / 1e6
+        calls = sum(e.count for e in events if getattr(e, "self_device_time_total", 0) > 0) / steps
+    else:
+        busy = sum(e.self_cpu_time_total for e in events) / steps / 1e6
+        calls = sum(e.count for e in events) / steps
+    return {"batch": batch, "step_ms": wall * 1e3, "op_ms": busy * 1e3, "op_calls": calls,
+            "overhead_frac": max(0.0, 1 - busy / wall),
+            "op_time": "CUDA kernel time" if cuda else "CPU self time of the operators"}
+
+
+def compare_decode(model, ids: list[int], batch: int, prompt_len: int = 32, max_tokens: int = 32,
+                   rounds: int = 3, **config) -> dict:
+    """Decode tokens/s of an eager and a static-shape engine (``enforce_eager=False``), interleaved.
+
+    The first round of the static engine compiles or captures (its time is ``warmup_s``); the
+    medians are over the ``rounds`` rounds after it.
+    """
+    prompts = _prompts(ids, batch, prompt_len)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    engines = {eager: LLMEngine(model, None, EngineConfig(max_num_seqs=batch, enforce_eager=eager, **config))
+               for eager in (True, False)}
+    rates, tokens, warmup = {True: [], False: []}, {}, {}
+    for r in range(rounds + 1):
+        for eager, engine in engines.items():
+            decode = []
+            engine.add_step_hook(hook := lambda s, d=decode: d.append(s) if not s.is_prefill else None)
+            start = time.perf_counter()
+            out = engine.generate(prompts, params)
+            if r == 0:
+                warmup[eager] = time.perf_counter() - start
+                tokens[eager] = [o.token_ids for o in out]
+            else:
+                rates[eager].append(sum(s.num_tokens for s in decode) / sum(s.duration_s for s in decode))
+            engine.remove_step_hook(hook)
+    graphs = engines[False].runner.graphs
+    eager_rate, graph_rate = statistics.median(rates[True]), statistics.median(rates[False])
+    return {"batch": batch, "backend": type(graphs).__name__ if graphs is not None else "eager",
+            "eager_tok_s": eager_rate, "graph_tok_s": graph_rate, "speedup": graph_rate / eager_rate,
+            "identical": tokens[True] == tokens[False], "warmup_s": warmup[False],
+            "num_compiles": getattr(graphs, "num_compiles", None),
+            "eager_fallback_steps": getattr(graphs, "eager_steps", None), "rounds": rounds}
+
+
+__all__ = ["profile_decode_step", "compare_decode"]
