@@ -55,7 +55,8 @@ class LayerDropList(nn.ModuleList):
     The model's forward iterates over the stack (``for layer in self.layers[:n]`` in Llama,
     ``for layer in self.layer`` in BERT); while training, each layer is left out with probability
     ``p`` (torch's global generator, so a seeded run repeats). Indexing by an int, ``len`` and the
-    ``state_dict`` are unchanged, so checkpoints stay compatible.
+    ``state_dict`` are unchanged, so checkpoints stay compatible. Iterating over it yourself in
+    training mode gets a random subset too: switch to eval mode first to see every layer.
     """
 
     p: float = 0.0
