@@ -220,3 +220,28 @@ def test_write_report_prints_without_a_folder_and_writes_with_one(tmp_path, monk
     monkeypatch.setenv(REPORT_DIR_ENV, str(tmp_path))
     monkeypatch.setenv("RANK", "1")
     assert write_report({"rank": 1}) == tmp_path / "rank1.json"
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
+def test_other_llama_style_models_split_too(world1, kind):
+    """Qwen2 (q/k/v biases, split with their rows) and Mistral: shards of a random small model sum to
+    the full attention block and MLP, and a world of one gives the same logits."""
+    import transformers
+
+    cls, config_cls = {"qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config),
+                       "mistral": (transformers.MistralForCausalLM, transformers.MistralConfig)}[kind]
+    torch.manual_seed(0)
+    model = cls(config_cls(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)).eval()
+    x = torch.randn(1, 5, 64)  # [B, S, hidden]
+    pos = model.model.rotary_emb(x, torch.arange(5)[None])
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        full = layer.self_attn(x, position_embeddings=pos, attention_mask=None)[0] + layer.mlp(x)
+        parts = 0
+        for rank in range(4):
+            part = shard_(copy.deepcopy(model), rank, 4).model.layers[0]
+            parts = parts + part.self_attn(x, position_embeddings=pos, attention_mask=None)[0] + part.mlp(x)
+        ids = torch.arange(10)[None]
+        assert torch.allclose(tensor_parallel_(copy.deepcopy(model))(ids).logits, model(ids).logits, atol=1e-5)
+    assert torch.allclose(parts, full, atol=1e-5)
