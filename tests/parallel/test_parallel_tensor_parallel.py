@@ -175,6 +175,17 @@ def test_run_torchrun_bad_arguments_and_timeout(tmp_path):
     script.write_text("import time\ntime.sleep(600)\n")
     with pytest.raises(TimeoutError, match="timeout: torchrun"):
         run_torchrun(str(script), nproc=1, timeout=3)
+    if sys.platform.startswith("linux"):  # nothing left behind: no process runs the script any more
+        from pathlib import Path
+
+        left = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(script).encode() in cmdline.read_bytes():
+                    left.append(cmdline.parent.name)
+            except OSError:  # the process ended while we looked
+                continue
+        assert not left, f"processes left running: {left}"
 
 
 # --- the real thing: 2 processes, gloo ---

@@ -74,8 +74,9 @@ def run_torchrun(module: str, args: list[str] | tuple[str, ...] = (), nproc: int
     target = [module] if module.endswith(".py") else ["-m", module]
     with tempfile.TemporaryDirectory(prefix="tutx-torchrun-") as folder:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), **{REPORT_DIR_ENV: folder})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                          env.get("PYTHONPATH")]))
+        source = Path(__file__).resolve().parents[2]
+        if (source / "pyproject.toml").is_file():  # a source checkout: the ranks import this same tutx
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *target, *args]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
