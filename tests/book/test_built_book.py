@@ -183,7 +183,7 @@ def test_chapter_tables_are_tables_and_math_is_typeset_offline(built_book, brows
 
 
 API_PACKAGES = ["tutx.quant", "tutx.attention", "tutx.engine", "tutx.parallel", "tutx.bench", "tutx.models",
-                "tutx.serve", "tutx.kernels", "tutx.compress"]
+                "tutx.serve", "tutx.kernels", "tutx.cpu", "tutx.compress"]
 
 
 @pytest.mark.parametrize("package", API_PACKAGES)
