@@ -44,8 +44,7 @@ def norm_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, stride_x, st
     cols = tl.arange(0, BLOCK)  # [BLOCK]
     mask = cols < N
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)  # [BLOCK]
-    if RMS:
-        mean = 0.0
+    if RMS:  # no mean: the wrapper's zero-filled mean buffer stays 0 for the backward
         xc = x
     else:
         mean = tl.sum(x, axis=0) / N
@@ -56,7 +55,8 @@ def norm_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, stride_x, st
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + row, mean)
+    if not RMS:
+        tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
 
 
@@ -127,7 +127,7 @@ def _forward(x2, weight, bias, eps, rms):
     m, n = x2.shape
     block, warps = _block(x2)
     y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # [M, N]
-    mean = torch.empty(m, device=x2.device, dtype=torch.float32)  # [M]
+    mean = (torch.zeros if rms else torch.empty)(m, device=x2.device, dtype=torch.float32)  # [M]
     rstd = torch.empty(m, device=x2.device, dtype=torch.float32)  # [M]
     norm_fwd_kernel[(m,)](x2, y, weight, bias if bias is not None else weight, mean, rstd, x2.stride(0),
                           y.stride(0), n, eps, RMS=rms, HAS_BIAS=bias is not None, BLOCK=block, num_warps=warps)

@@ -35,8 +35,9 @@ ACTIVATIONS = ("none", "relu", "silu", "gelu")
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). The first rows are the big Hopper/Ampere
-# tiles (128x256x64 with 3 stages takes 144 KB of shared memory in bf16); the last rows fit a
-# T4's 64 KB in fp16 (64x64x32 with 4 stages: 32 KB).
+# tiles: on sm_90 Triton 3.9 allocates stages x (A tile + B tile) of shared memory (128x256x64,
+# 3 stages: 144 KB in bf16), on sm_80 one stage less. A T4 (sm_75) has no asynchronous copies, so
+# no multi-stage pipeline: compiled for it in fp16, every config here needs at most 64 KB.
 GPU_TILES = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 32, 4, 4), (64, 64, 32, 4, 4),
               (128, 64, 32, 4, 4), (64, 32, 32, 2, 5), (32, 64, 32, 2, 5)]
