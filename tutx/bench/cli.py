@@ -109,7 +109,13 @@ def _report(args) -> int:
         from tutx.bench.report import performance_report
     except ImportError:
         raise SystemExit("tutx bench report: this tutx has no tutx.bench.report.performance_report yet") from None
+    if not args.results.is_file():
+        raise SystemExit(f"tutx bench report: no such file {str(args.results)!r}")
     results = json.loads(args.results.read_text())
+    for rows in results.values():  # JSON has no infinity: the files say "inf" for "all at once"
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("request_rate") == "inf":
+                row["request_rate"] = math.inf
     report = performance_report(results)
     args.out.mkdir(parents=True, exist_ok=True)
     if hasattr(report, "save"):
