@@ -18,6 +18,7 @@ from tutx.parallel import (
     shard_,
     tensor_parallel_,
 )
+from tutx.parallel.tensor_parallel import allgather_parallel_
 from tutx.parallel.tp_demo import LOGITS_ATOL
 
 
@@ -114,9 +115,12 @@ def test_world_of_one_matches_and_refuses_a_second_split(tiny, world1):
     model, ids, logits = tiny
     ours = tensor_parallel_(copy.deepcopy(model))
     theirs = dtensor_parallel_(copy.deepcopy(model))
+    seed = allgather_parallel_(copy.deepcopy(model))
     with torch.no_grad():
         assert torch.allclose(ours(ids).logits, logits, atol=1e-5)
         assert torch.allclose(theirs(ids).logits, logits, atol=1e-5)
+        assert torch.allclose(seed(ids).logits, logits, atol=1e-5)
+    assert sum(m.allgather_calls for m in seed.modules() if isinstance(m, ColumnParallelLinear)) == 7 * 5
     with pytest.raises(ValueError, match="model: already tensor-parallel"):
         tensor_parallel_(ours)
     with pytest.raises(ValueError, match="rank"):
@@ -193,7 +197,7 @@ def test_run_torchrun_bad_arguments_and_timeout(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun process groups are POSIX here")
 def test_two_process_gloo_run_matches_unsharded_and_dtensor(tiny):
     model = tiny[0]
-    reports = run_torchrun("tutx.parallel.tp_demo", ["--new-tokens", "4", "--allreduce-iters", "5"],
+    reports = run_torchrun("tutx.parallel.tp_demo", ["--new-tokens", "4", "--allreduce-iters", "5", "--timing-repeats", "1"],
                            nproc=2, timeout=240)
     layers = model.config.num_hidden_layers
     for rank, r in enumerate(reports):
@@ -206,6 +210,10 @@ def test_two_process_gloo_run_matches_unsharded_and_dtensor(tiny):
         assert r["allreduce_calls_per_forward"] == 2 * layers
         assert r["allreduce_bytes_per_token"] == comm_per_token(model.config, 2)["payload_bytes"]
         assert r["allreduce_decode_us"] > 0
+        assert r["max_abs_diff_allgather"] <= LOGITS_ATOL and r["tokens_allgather"] == r["tokens_ref"]
+        assert r["allgather_calls_per_forward"] == 7 * layers
+        assert r["allgather_bytes_per_token"] == comm_per_token(model.config, 2, scheme="allgather")["payload_bytes"]
+        assert set(r["ms_per_token"]) == {"unsharded", "megatron", "allgather"}
     assert reports[0]["tokens_tp"] == reports[1]["tokens_tp"]
 
 

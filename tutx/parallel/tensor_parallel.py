@@ -27,7 +27,7 @@ from tutx.parallel.tp_layers import (
 )
 from tutx.parallel.tp_plan import TPPlan, plan_tensor_parallel
 
-__all__ = ["tensor_parallel_", "shard_", "dtensor_parallel_", "decoder_layers"]
+__all__ = ["tensor_parallel_", "shard_", "allgather_parallel_", "dtensor_parallel_", "decoder_layers"]
 
 _LINEARS = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
 
@@ -117,6 +117,21 @@ def tensor_parallel_(model: nn.Module, group=None) -> nn.Module:
         raise ValueError(f"model: on {device}, but the group's backend is NCCL; move it to its GPU first "
                          "(cuda:LOCAL_RANK)")
     return shard_(model, rank, world_size, group)
+
+
+def allgather_parallel_(model: nn.Module, group=None) -> nn.Module:
+    """The seed's design, kept to measure against: every one of the seven linear layers of each
+    decoder layer is column-split and all-gathers its output right away, so every rank holds every
+    activation (no local head counts needed) and a layer costs seven collectives instead of two.
+    Forward only (inference). In place; returns ``model``."""
+    layers = decoder_layers(model)
+    group_rank_world(group)
+    for layer in layers:
+        for block, names in _LINEARS:
+            module = getattr(layer, block)
+            for name in names:
+                setattr(module, name, ColumnParallelLinear.from_linear(getattr(module, name), group, gather_output=True))
+    return model
 
 
 def dtensor_parallel_(model: nn.Module, mesh=None) -> nn.Module:

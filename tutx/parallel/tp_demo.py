@@ -4,9 +4,10 @@
     tutx.parallel.run_torchrun("tutx.parallel.tp_demo", nproc=2)
 
 Every rank loads the tiny LM, computes the unsharded logits and greedy tokens, then shards a copy
-with :func:`~tutx.parallel.tensor_parallel.tensor_parallel_` and another with PyTorch's DTensor
-(:func:`~tutx.parallel.tensor_parallel.dtensor_parallel_`) and compares; it also times one all-reduce of a decode
-token's hidden vector. Each rank reports what it holds and what it measured (see :func:`run_checks`).
+with :func:`~tutx.parallel.tensor_parallel.tensor_parallel_`, another with PyTorch's DTensor
+(:func:`~tutx.parallel.tensor_parallel.dtensor_parallel_`) and a third the seed's way
+(:func:`~tutx.parallel.tensor_parallel.allgather_parallel_`), and compares; it also times one
+all-reduce of a decode token's hidden vector and the generation speed of each version. Each rank reports what it holds and what it measured (see :func:`run_checks`).
 Backend: NCCL when every rank has its own GPU, gloo otherwise.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from tutx.parallel.launch import write_report
-from tutx.parallel.tensor_parallel import dtensor_parallel_, tensor_parallel_
+from tutx.parallel.tensor_parallel import allgather_parallel_, dtensor_parallel_, tensor_parallel_
 from tutx.parallel.tp_layers import ColumnParallelLinear, RowParallelLinear
 
 __all__ = ["run_checks", "main", "PROMPT", "LOGITS_ATOL"]
@@ -88,8 +89,20 @@ def _grad_rel_diff(model, tp, ids) -> float:
     return diff / scale
 
 
+def _ms_per_token(models: dict, ids, new_tokens: int, eos: int, repeats: int) -> dict:
+    """Median milliseconds per generated token (greedy, KV cache) of each model, interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            dist.barrier()  # both ranks start together: the sharded models wait for each other anyway
+            start = time.perf_counter()
+            _greedy(model, ids, new_tokens, eos)
+            times[name].append((time.perf_counter() - start) * 1e3 / new_tokens)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @torch.no_grad()
-def run_checks(new_tokens: int = 16, dtensor: bool = True, allreduce_iters: int = 50) -> dict:
+def run_checks(new_tokens: int = 16, dtensor: bool = True, allreduce_iters: int = 50, timing_repeats: int = 3) -> dict:
     """This rank's report: what it holds, the largest logit differences, greedy tokens, all-reduce times."""
     from tutx.models import load_tiny
 
@@ -115,6 +128,16 @@ def run_checks(new_tokens: int = 16, dtensor: bool = True, allreduce_iters: int 
                   tokens_tp=_greedy(tp, ids, new_tokens, eos),
                   kv_heads_local=tp.tutx_tp_plan.local_kv_heads, heads_local=tp.tutx_tp_plan.local_heads)
     report["grad_rel_diff_tp"] = _grad_rel_diff(model, tp, ids)
+
+    ag = allgather_parallel_(copy.deepcopy(model))  # the seed's design, for comparison
+    cols = [m for m in ag.modules() if isinstance(m, ColumnParallelLinear)]
+    ag_logits = ag(ids).logits
+    report.update(max_abs_diff_allgather=(ag_logits - ref_logits).abs().max().item(),
+                  allgather_calls_per_forward=sum(m.allgather_calls for m in cols),
+                  allgather_bytes_per_token=sum(m.allgather_bytes for m in cols) // ids.shape[1],
+                  tokens_allgather=_greedy(ag, ids, new_tokens, eos))
+    report["ms_per_token"] = _ms_per_token({"unsharded": model, "megatron": tp, "allgather": ag}, ids, new_tokens,
+                                           eos, timing_repeats)
     if dtensor:
         dt = dtensor_parallel_(copy.deepcopy(model))
         dt_logits = dt(ids).logits
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to generate")
     parser.add_argument("--no-dtensor", action="store_true", help="skip the DTensor comparison")
     parser.add_argument("--allreduce-iters", type=int, default=50, help="timed all-reduce calls")
+    parser.add_argument("--timing-repeats", type=int, default=3, help="timed generations per model")
     args = parser.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world
@@ -139,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_nccl else "gloo")
     try:
-        write_report(run_checks(args.new_tokens, not args.no_dtensor, args.allreduce_iters))
+        write_report(run_checks(args.new_tokens, not args.no_dtensor, args.allreduce_iters, args.timing_repeats))
     finally:
         dist.destroy_process_group()
 

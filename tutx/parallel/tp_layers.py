@@ -75,7 +75,8 @@ class ColumnParallelLinear(nn.Module):
 
     ``forward(x)`` takes the full input ``[..., in]`` and returns this rank's output slice
     ``[..., len(rows)]``; with ``gather_output=True`` it all-gathers the slices into the full output
-    (the seed's design: one collective after *every* layer, which the row-parallel pairing avoids).
+    (the seed's design: one collective after *every* layer, which the row-parallel pairing avoids;
+    forward only, for inference, counted in ``allgather_calls`` / ``allgather_bytes``).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group=None, *, gather_output: bool = False,
@@ -86,6 +87,8 @@ class ColumnParallelLinear(nn.Module):
         self.group = group
         self.gather_output = gather_output
         self.out_features = out_features if out_features is not None else weight.shape[0]  # of the full layer
+        self.allgather_calls = 0
+        self.allgather_bytes = 0
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group=None, *, rows: tuple[int, int] | torch.Tensor | None = None,
@@ -115,7 +118,10 @@ class ColumnParallelLinear(nn.Module):
             return y
         parts = [torch.empty_like(y) for _ in range(dist.get_world_size(self.group))]
         dist.all_gather(parts, y.contiguous(), group=self.group)
-        return torch.cat(parts, dim=-1)  # [..., out]
+        out = torch.cat(parts, dim=-1)  # [..., out]
+        self.allgather_calls += 1
+        self.allgather_bytes += out.numel() * out.element_size()
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.weight.shape[1]}, local_out_features={self.weight.shape[0]}, "
