@@ -518,6 +518,11 @@ for r in reports:
           f"gradients within {atol:g} (relative): {r['grad_rel_diff_tp'] <= atol}")
 same = all(r["tokens_tp"] == r["tokens_dtensor"] == r["tokens_ref"] == r0["tokens_ref"] for r in reports)
 print(f"16 greedy tokens identical (unsharded, ours, DTensor, both ranks): {same}")
+print(f"the seed's all-gather design: {r0['allgather_calls_per_forward']} collectives per forward pass, "
+      f"{r0['allgather_bytes_per_token']} bytes gathered per token "
+      f"(comm_per_token: {comm_per_token(tiny_config(), 2, scheme='allgather')['payload_bytes']}); "
+      f"same logits: {all(r['max_abs_diff_allgather'] <= atol for r in reports)}, "
+      f"same tokens: {all(r['tokens_allgather'] == r['tokens_ref'] for r in reports)}")
 print("continuation:", repr(load_tiny_tokenizer().decode(r0["tokens_tp"])))
 
 # %% [markdown]
@@ -528,8 +533,10 @@ print("continuation:", repr(load_tiny_tokenizer().decode(r0["tokens_tp"])))
 # passes the output gradient of each row-parallel one through, its `g`, so the same split trains. Each rank keeps
 # half of the attention and MLP weights; the embedding (tied with the LM head) and the norms are
 # replicated, which is why a rank holds more than half of this small model (in a large model the
-# decoder layers are nearly all of the weights). The all-reduce time each rank measured (one decode token's hidden
-# vector, and the prompt's) depends on the machine:
+# decoder layers are nearly all of the weights). The seed's design (`allgather_parallel_`) gives the
+# same logits with 3.5 times as many collectives. What those cost depends on the machine: each rank
+# timed one all-reduce (a decode token's hidden vector, and the prompt's), and the generation speed
+# of the three versions, interleaved:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -539,7 +546,19 @@ show_table([{"rank": r["rank"], "backend": r["backend"], "threads": r["threads"]
              f"{r['allreduce_calls_per_forward']} all-reduces, 1 token (ms)":
                  r["allreduce_calls_per_forward"] * r["allreduce_decode_us"] / 1e3}
             for r in reports], digits=0)
-print(f"measured on {tutx.device.name()} between 2 processes")
+show_table([{"rank": r["rank"], **{f"{name} (ms/token)": ms for name, ms in r["ms_per_token"].items()},
+             "all-gather / Megatron": r["ms_per_token"]["allgather"] / r["ms_per_token"]["megatron"]}
+            for r in reports], digits=2)
+print(f"measured on {tutx.device.name()} between 2 processes, {reports[0]['threads']} thread each")
+
+# %% [markdown]
+# Between two CPU processes a collective goes through gloo and the loopback network, so it costs
+# more than the tiny model's small matrix products: in the run above, splitting this model made
+# each token slower, not faster (compare the first two columns), and the all-gather design, with its
+# extra collectives, slower still. Tensor
+# parallelism pays when each layer's matrix products are large and the collectives are fast, which
+# is why it is used across the GPUs of one NVLink-connected node, for models that do not fit one GPU
+# or must answer faster than one GPU can.
 
 # %% [markdown]
 # ## 5. Beyond the GPU
