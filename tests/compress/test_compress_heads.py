@@ -69,6 +69,10 @@ def test_llama_gqa_whole_group_goes_and_cache_decoding_matches():
     assert model.config._attn_implementation == GROUPED_ATTENTION  # layer 2 is uneven
     out = model.generate(x, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(x))
     assert torch.equal(out, ref)
+    with torch.inference_mode():  # an inference-mode call first (perplexity), then training
+        model(x)
+    model(x).logits.sum().backward()
+    assert model.model.layers[2].self_attn.q_proj.weight.grad is not None
 
 
 def test_tiny_lm_pruning_equals_masking():

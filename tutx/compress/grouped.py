@@ -29,7 +29,8 @@ def grouped_attention(module, query, key, value, attention_mask, **kwargs):
     if heads is not None:
         index = module.__dict__.get("kv_index_tensor")
         if index is None or index.device != key.device:
-            index = module.__dict__["kv_index_tensor"] = torch.tensor(heads, device=key.device)
+            with torch.inference_mode(False):  # a normal tensor: usable in training after an inference-mode call
+                index = module.__dict__["kv_index_tensor"] = torch.tensor(heads, device=key.device)
         key = key.index_select(1, index)  # [B, n_q, S, D]
         value = value.index_select(1, index)  # [B, n_q, S, D]
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

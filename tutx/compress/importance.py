@@ -4,7 +4,13 @@
 with respect to it: ``I_h = E_batches |dL/dm_h|``, the first-order change of the loss when the
 head is removed. Michel et al. normalise the scores of each layer to unit L2 norm and prune the
 lowest globally. A few batches suffice to rank heads (the tiny LM: 4 batches of 8 x 128 tokens,
-about a second on a CPU).
+a few seconds on a laptop CPU)::
+
+    from tutx.compress import head_importance, heads_to_prune, prune_heads_
+    from tutx.train import random_windows
+
+    scores = head_importance(model, random_windows(train_ids, 8, 128, 4, seed=1))  # [layers, heads]
+    prune_heads_(model, heads_to_prune(scores, 0.3))  # the 30% least important heads go
 
 **Mean attention weight** (the seed's score): every row of a softmax sums to 1, so a head's
 attention weights averaged over queries and keys are ``1 / S`` for *every* head; the score is a
