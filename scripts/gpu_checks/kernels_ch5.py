@@ -21,6 +21,7 @@ interpreter at toy shapes (no timings worth reading) — what ``tests/scripts`` 
 
     PYTHONPATH=. python scripts/gpu_checks/kernels_ch5.py [out.json]       # on a GPU
     PYTHONPATH=. python scripts/gpu_checks/kernels_ch5.py --dry-run        # anywhere
+    PYTHONPATH=. python scripts/gpu_checks/kernels_ch5.py --compile-only   # lower for sm_75/80/90, no GPU
 """
 from __future__ import annotations
 
@@ -217,13 +218,65 @@ def run(results: dict, device: str = "cuda", dry_run: bool = False, use_compile:
         raise RuntimeError(f"{len(bad)} Chapter 5 kernel check(s) off: {bad[:3]}")
 
 
+def compile_check(targets=((75, "fp16"), (80, "bf16"), (90, "bf16"))) -> list[dict]:
+    """Compile every matmul config (and the other kernels once) for each ``(sm, dtype)``; no GPU needed.
+
+    Triton ships ``ptxas``, so this checks that each kernel lowers for a T4, an A100 and an H100
+    and records the shared memory it takes. Strides of 1 are passed as constants and the rest as
+    multiples of 16, as Triton specialises them at run time (otherwise no pipelining happens).
+    Rows ``{sm, kernel, config, shared_kb}`` or ``{..., error}``. A few minutes on one CPU core.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    _, sm, sw, nm, mm = _kernels()
+    rows = []
+    for cc, dt in targets:
+        ptr = "*" + dt
+        jobs = [("softmax", sm.softmax_kernel, {"x_ptr": ptr, "y_ptr": ptr}, dict(BLOCK=8192, ONE_BLOCK=True), 16),
+                ("softmax looped", sm.softmax_kernel, {"x_ptr": ptr, "y_ptr": ptr},
+                 dict(BLOCK=16384, ONE_BLOCK=False), 16),
+                ("swiglu bwd", sw.swiglu_bwd_kernel, dict.fromkeys(["g_ptr", "u_ptr", "dy_ptr", "dg_ptr", "du_ptr"], ptr),
+                 dict(BLOCK=1024), 4)]
+        for rms in (True, False):
+            norm_ptrs = {**dict.fromkeys(["x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "w_ptr", "b_ptr"], ptr), "eps": "fp32",
+                         **dict.fromkeys(["mean_ptr", "rstd_ptr", "dw_part_ptr", "db_part_ptr"], "*fp32")}
+            for step, kernel in (("fwd", nm.norm_fwd_kernel), ("bwd", nm.norm_bwd_kernel)):
+                jobs.append((f"{'rms' if rms else 'layer'}_norm {step}", kernel, norm_ptrs, dict(RMS=rms, HAS_BIAS=not rms, BLOCK=4096),
+                             8))
+        for bm, bn, bk, warps, stages in mm.GPU_TILES:
+            jobs.append((f"matmul {bm}x{bn}x{bk} w{warps} s{stages}", mm.matmul_kernel.fn,
+                         {"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr},
+                         dict(ACT=3, DOT_F32=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+                              stride_ak=1, stride_bn=1, stride_cn=1), (warps, stages)))
+        for name, kernel, types, consts, launch in jobs:
+            warps, stages = launch if isinstance(launch, tuple) else (launch, 3)
+            names = kernel.arg_names
+            sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
+            attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n not in consts and n != "eps"}
+            row = {"sm": cc, "dtype": dt, "kernel": name}
+            try:
+                compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
+                                          target=GPUTarget("cuda", cc, 32), options=dict(num_warps=warps, num_stages=stages))
+                row["shared_kb"] = compiled.metadata.shared / 1024
+            except Exception as err:  # noqa: BLE001 - recorded per config
+                row["error"] = f"{type(err).__name__}: {err}"[:300]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--dry-run"]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     dry = "--dry-run" in sys.argv
     if dry and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
     out: dict = {}
-    run(out, device="cuda" if torch.cuda.is_available() else "cpu", dry_run=dry)
+    if "--compile-only" in sys.argv:
+        out["kernels_compile"] = compile_check()
+    else:
+        run(out, device="cuda" if torch.cuda.is_available() else "cpu", dry_run=dry)
     text = json.dumps(out, indent=1)
     if args:
         with open(args[0], "w") as f:
