@@ -57,7 +57,42 @@ device = tutx.device.get()
 # %% [markdown]
 # ## 1. The GPU execution model
 #
-# (H5d: prose and cells here)
+# A GPU is many small processors that share one large, slow memory. An H100 SXM has 132
+# **streaming multiprocessors** (SMs); each runs up to 64 **warps** of 32 threads at once and
+# switches between them at no cost, so that while one warp waits hundreds of cycles for memory,
+# another computes. A warp executes one instruction for its 32 threads together (SIMT): threads of
+# a warp that branch differently take turns. The work of a kernel is cut into **thread blocks**
+# (Triton's *programs*), each placed on one SM for its whole life
+# {cite}`nvidiacudaguide`.
+#
+# The memory hierarchy decides what is fast:
+#
+# | level | size (H100) | who sees it | roughly |
+# |---|---|---|---|
+# | registers | 256 KB per SM | one thread | every cycle |
+# | shared memory / L1 | up to 228 KB per SM | one thread block | ~30 cycles |
+# | L2 cache | 50 MB | the whole GPU | ~200 cycles |
+# | HBM | 80 GB | the whole GPU (and the host, over PCIe) | ~500 cycles, 3.35 TB/s |
+#
+# A kernel is fast when it reads each byte from HBM once and does all it can with it on chip —
+# that is what *fusion* means, and what every Triton kernel of Section 2 does. The roofline of
+# Chapter 1 (`tutx.hardware`) is the budget: below the ridge point a kernel can at best stream
+# memory at full bandwidth, above it, keep the tensor cores busy.
+#
+# One cost the roofline leaves out: **launching** a kernel. The CPU runs Python, PyTorch's
+# dispatcher picks an implementation, and the driver queues the launch — a few microseconds each
+# time, during which a small kernel may already have finished. The cell below turns that into
+# bytes: what the GPU could have moved from HBM during one launch, which is the size below which
+# a memory-bound kernel is *launch-bound* instead.
+
+# %%
+from tutx.hardware import HARDWARE
+
+LAUNCH_US = 5  # an assumed few microseconds of CPU time per launch (Python + dispatcher + driver)
+for name in ("T4", "A100-80GB", "H100-SXM", "H200"):
+    hw = HARDWARE[name]
+    print(f"{name:>10}: in {LAUNCH_US} µs HBM moves {hw.memory_bandwidth * LAUNCH_US * 1e-6 / 1e6:5.1f} MB, "
+          f"and the tensor cores could do {hw.peak('fp16') * LAUNCH_US * 1e-6 / 1e9:5.1f} GFLOP of fp16 matmul")
 
 # %% [markdown]
 # ## 2. Triton from first principles
@@ -397,7 +432,97 @@ else:
 # %% [markdown]
 # ## 3. Launch overhead: torch.compile and CUDA graphs
 #
-# (H5d: cells here)
+# Decoding one token of the tiny LM (its size is printed below) is a long list of small
+# operations: per layer two RMSNorms, four projections, the rotary embedding, writing the new key
+# and value into the paged cache, attention, the three MLP matmuls and two residual adds; then
+# the final norm and the output layer. Each is a separate PyTorch call, and on a GPU a separate
+# kernel launch. gpt-fast's Llama-2-7B runs at 104.9 tokens/s on an A100 mostly because
+# `torch.compile` with CUDA graphs removed that overhead {cite}`gptfast2023`.
+#
+# First, how large is it? `profile_decode_step` runs decode steps of our engine
+# (`tutx.engine.LLMEngine`, Chapter 6) under `torch.profiler` and compares the wall time of a step
+# with the time spent inside the operators; the rest is Python and dispatch.
+
+# %%
+from tutx.engine.graph_bench import compare_decode, profile_decode_step
+from tutx.models import heldout_text, load_tiny
+
+tiny, tiny_tok = load_tiny(device)
+held_ids = tiny_tok.encode(heldout_text())
+print(f"tiny LM: {tiny.config.num_hidden_layers} layers, {sum(p.numel() for p in tiny.parameters()) / 1e6:.1f} M parameters")
+tutx.show(profile_decode_step)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # tiny matrices: one thread, so the timing is not about thread wake-ups
+profile_rows = [profile_decode_step(tiny, held_ids, b, steps=5) for b in (1, 8)]
+torch.set_num_threads(threads)
+show_table([{"batch": r["batch"], "step (ms)": r["step_ms"], "inside operators (ms)": r["op_ms"],
+             "operator calls": int(r["op_calls"]), "overhead": f"{r['overhead_frac']:.0%}"}
+            for r in profile_rows], digits=2)
+print(f"measured on {tutx.device.name()} ({profile_rows[0]['op_time']} counted as 'inside operators')")
+
+# %% [markdown]
+# More than a thousand operator calls for one token. On a GPU, each call's kernel takes a few
+# microseconds at this size, about as long as launching it, so the GPU idles between kernels
+# most of the time. Two ways to remove the overhead, and both need **static shapes**:
+#
+# - **CUDA graphs** record the kernels of one step once — their arguments are pointers into fixed
+#   buffers — and replay them with a single launch {cite}`nguyen2021cudagraphs`. A decode step's
+#   shape depends on the batch size, so the engine captures one graph per batch size in
+#   1, 2, 4, 8, 16, … and pads a batch of 5 to the graph of 8, as nano-vllm does
+#   {cite}`nanovllm2025`. The padded rows write their keys and values into a scratch block that
+#   no sequence owns, so they cannot corrupt anyone's cache.
+# - **`torch.compile`** traces the step into a graph and lets inductor generate fused code for
+#   it {cite}`ansel2024pytorch2` — Triton kernels on a GPU, C++ loops on a CPU. Every new shape
+#   would mean a new compilation (minutes for a whole model on a small CPU), so we compile with
+#   `dynamic=False` once per padded batch size and mark only the block tables' width (the
+#   longest context in the step) as dynamic: one compilation serves every context length.
+#
+# A naive `torch.compile` of this step was much *slower* than eager: writing the new keys and
+# values into a slice of the big KV pool made the compiler copy the whole pool in every layer.
+# The write is therefore a custom operator (`tutx::store_kv`) that the compiler calls as it is.
+#
+# All of this is one engine option, `EngineConfig(enforce_eager=False)`, in `tutx.engine.graphs`:
+
+# %%
+from tutx.engine.graphs import CUDAGraphDecode, StaticDecode
+
+tutx.show(StaticDecode.pad)
+tutx.show(CUDAGraphDecode.capture)
+tutx.show(CUDAGraphDecode.run_padded)
+
+# %% [markdown]
+# Compiling the tiny LM takes minutes on a small CPU, too long for this notebook, so the
+# comparison was run by `scripts/engine_graphs.py` and recorded: the same greedy requests
+# through an eager engine and a compiled one, rounds interleaved, decode steps only.
+
+# %%
+measured = latest("ch05_decode_graphs")
+show_table([{"batch": r["batch"], "back end": r["backend"], "eager tok/s": r["eager_tok_s"],
+             "static tok/s": r["graph_tok_s"], "speed-up": r["speedup"], "same tokens": r["identical"],
+             "compilations": r["num_compiles"], "first run (s)": r["warmup_s"]} for r in measured.rows],
+           digits=2)
+print(measured.source)
+print(f"load average during the run: {measured.environment['load_average_start']:.1f} at the start, "
+      f"{measured.environment['load_average_end']:.1f} at the end (a shared machine)")
+gpu = latest("ch05_decode_graphs_gpu")
+if gpu is None:
+    print("No GPU run has recorded 'ch05_decode_graphs_gpu' yet: run "
+          "`python scripts/gpu_check.py --only engine` on a CUDA machine.")
+else:
+    show_table([{"batch": r["batch"], "eager tok/s": r["eager_tok_s"], "CUDA graphs tok/s": r["graph_tok_s"],
+                 "speed-up": r["speedup"], "same tokens": r["identical"]} for r in gpu.rows], digits=1)
+    print(gpu.source)
+
+# %% [markdown]
+# Compare within a row: each row's two engines ran interleaved, but the shared machine's load
+# changed between rows. On a CPU the operators themselves are slow (the tiny LM's weights stream
+# from DRAM every step), so removing Python and dispatch buys at most the overhead share the
+# profile showed, and compilation costs minutes up front. On a GPU the operators take microseconds and the launches
+# dominate: there, the graph replay is where small-batch decoding gets its speed. Either way the
+# tokens are the eager engine's (the test suite checks it: `tests/engine/test_engine_graphs.py`).
 
 # %% [markdown]
 # ## 4. Tensor parallelism
@@ -563,7 +688,97 @@ print(f"measured on {tutx.device.name()} between 2 processes, {reports[0]['threa
 # %% [markdown]
 # ## 5. Beyond the GPU
 #
-# (H5d: cells here)
+# A transformer is mostly matrix multiplication, and a GPU is a general processor with matrix
+# units added. Other accelerators start from the matrix unit:
+#
+# - **TPUs** {cite}`jouppi2017datacenter,jouppi2023tpuv4` are built around **systolic arrays**
+#   (the MXUs): a 128×128 grid (256×256 in the first TPU) of multiply-accumulate cells through
+#   which operands flow in lock-step, each cell passing its inputs to its neighbour. Every value
+#   read from memory is used 128 times without touching a register file — very high FLOPs per
+#   watt, but only for matrices
+#   whose dimensions fill the array (multiples of 128), in bf16 with fp32 accumulation. XLA
+#   compiles the whole step ahead of time, so shapes must be static: the padding and bucketing
+#   of Section 3 is the normal way to run on a TPU.
+# - **AWS Trainium and Inferentia2** have NeuronCores with a systolic tensor engine next to
+#   vector and scalar engines, programmed through the Neuron compiler (also ahead of time, also
+#   static shapes).
+# - **Intel Gaudi** pairs matrix-multiplication engines with programmable tensor processor cores
+#   for everything else (norms, softmax), and puts Ethernet on the chip for scale-out.
+# - **Apple M-series** chips give the GPU the same **unified memory** as the CPU: capacity far
+#   beyond a consumer GPU's, at a bandwidth between a laptop's DRAM and a datacenter GPU's HBM.
+#
+# What does *not* change is Chapter 1's arithmetic: decoding reads every weight once per step,
+# so its ceiling is bandwidth ÷ bytes, whatever does the multiplying. `tutx.hardware` holds
+# each chip's datasheet numbers (the source of each is printed below), and Chapter 1's
+# `decode_ceiling` and `memory_bound_batch` apply to them unchanged.
+
+# %%
+import math
+
+from tutx.configs import get_spec
+from tutx.hardware import ACCELERATORS, get_hardware
+from tutx.scaling import decode_ceiling, memory_bound_batch
+
+llama8, llama70 = get_spec("Llama-3.1-8B"), get_spec("Llama-3.1-70B")
+chips = [get_hardware(n) for n in ("A100-80GB", "H100-SXM", "H200")] + list(ACCELERATORS.values())
+
+
+def half(hw):
+    return "bf16" if "bf16" in hw.peak_flops else "fp16"
+
+
+rows = []
+for hw in chips:
+    d = half(hw)
+    rows.append({"chip": hw.name, "bf16/fp16 TFLOP/s": hw.peak(d) / 1e12, "GB/s": hw.memory_bandwidth / 1e9,
+                 "GB": hw.memory_bytes / 1e9, "ridge (FLOP/byte)": hw.ridge_point(d),
+                 "8B batch-1 tok/s ≤": decode_ceiling(llama8, hw, d),
+                 "8B compute-bound from batch": memory_bound_batch(llama8, hw, d),
+                 "chips for 70B weights": math.ceil(llama70.weight_bytes(d) / hw.memory_bytes)})
+show_table(rows, digits=0)
+print("sources:")
+for hw in ACCELERATORS.values():
+    print(f"  {hw.name}: {hw.source}")
+
+# %%
+import numpy as np
+
+intensity = np.logspace(-1, 3.5, 200)  # FLOP/byte
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for name in ("H100-SXM", "TPU-v5e", "TPU-v6e", "Trainium2", "Gaudi3", "M1-Ultra"):
+    hw = get_hardware(name)
+    ax.loglog(intensity, hw.attainable_flops(intensity, half(hw)) / 1e12, label=name)
+for b in (1, 16, 256):  # Llama-3.1-8B decode in bf16 at context 0: intensity grows with the batch
+    i = llama8.decode_intensity("bf16", b)
+    ax.axvline(i, color="grey", ls=":", lw=1)
+    ax.text(i * 1.08, 0.3, f"8B decode, batch {b}", rotation=90, fontsize=8, color="grey")
+ax.set(xlabel="arithmetic intensity (FLOP/byte)", ylabel="attainable TFLOP/s (dense bf16/fp16)",
+       title="Rooflines of accelerators beyond the GPU (datasheet peaks)")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# Read the table and the plot together:
+#
+# - Batch-1 decoding sits far left of every ridge point, so the ranking of the chips for it is
+#   the ranking of their **bandwidth**, not of their FLOP/s. A TPU v5e's MXUs are idle at batch 1
+#   just like an H100's tensor cores.
+# - The ridge points differ a lot, so the batch at which decoding becomes compute-bound does too:
+#   chips with much compute per byte (Gaudi 3, TPU v6e) need big batches to use it.
+# - Memory **capacity** decides how many chips a model needs before any speed question: the
+#   70B model's bf16 weights (size printed below) need many of the 16–32 GB chips but only two
+#   of the large ones — and then the tensor parallelism of Section 4.
+#
+# Apple silicon is the extreme case of capacity over bandwidth: a 70B model quantized to 4 bits
+# fits its unified memory, and its decode ceiling follows from the bandwidth alone:
+
+# %%
+m1 = get_hardware("M1-Ultra")
+print(f"Llama-3.1-70B bf16 weights: {llama70.weight_bytes('bf16') / 1e9:.0f} GB")
+gb = llama70.weight_bytes("int4") / 1e9
+print(f"Llama-3.1-70B int4 weights: {gb:.0f} GB of {m1.memory_bytes / 1e9:.0f} GB unified memory; "
+      f"batch-1 decode ≤ {decode_ceiling(llama70, m1, 'int4', compute_dtype='fp16'):.1f} tokens/s "
+      f"(vs ≤ {decode_ceiling(llama70, 'H200', 'int4', compute_dtype='fp16'):.1f} on one H200)")
 
 # %% [markdown]
 # ## 6. CPU inference with ONNX Runtime
@@ -704,8 +919,25 @@ ch05.check_graph_bucket(graph_bucket_solution)
 #
 # ## Summary
 #
-# (H5d: summary here)
+# - A GPU is many SMs running warps of 32 threads over a memory hierarchy; a kernel is fast when
+#   each byte crosses HBM once (fusion), and the roofline of Chapter 1 is its budget. Every launch
+#   also costs microseconds of CPU time, during which an H100 could have moved megabytes.
+# - Triton lets us write such kernels block by block: fused softmax, RMSNorm and LayerNorm with
+#   their backward passes, SwiGLU and a tiled, autotuned matmul, each checked against a PyTorch
+#   reference and measured against the ceilings.
+# - A decode step of a small model is over a thousand operator calls; the profiler shows how much
+#   of the step is Python and dispatch. `EngineConfig(enforce_eager=False)` removes it with static
+#   shapes: CUDA graphs captured per batch size (batches padded up, padded rows writing to a
+#   scratch block) on a GPU, `torch.compile` with one compilation per padded batch size on a CPU —
+#   the same tokens as eager, and a warning and the eager path where it cannot run.
+# - Tensor parallelism splits each block's matrices Megatron-style, column-parallel then
+#   row-parallel, so a forward pass needs one all-reduce per attention block and one per MLP.
+# - TPUs, Trainium, Inferentia, Gaudi and Apple silicon change the matrix units and the software
+#   stack (static shapes under ahead-of-time compilers), not the arithmetic: decoding is bounded
+#   by bandwidth ÷ bytes, and memory capacity decides how many chips a model needs.
+# - On a CPU, ONNX Runtime runs the exported tiny LM with its KV cache, with graph optimisations
+#   and INT8 quantization, measured against PyTorch in the same process.
 #
 # ## References
 #
-# {cite}`tillet2019triton,nanovllm2025`
+# {cite}`tillet2019triton,tritontutorials,nvidiacudaguide,williams2009roofline,gptfast2023,nanovllm2025,ansel2024pytorch2,nguyen2021cudagraphs,shoeybi2019megatron,pytorchtp2024,jouppi2017datacenter,jouppi2023tpuv4`

@@ -12,7 +12,10 @@ Two measurements, used by ``scripts/engine_graphs.py`` (CPU) and the GPU check
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -24,6 +27,20 @@ from tutx.engine.sampling import SamplingParams
 
 def _prompts(ids: list[int], batch: int, prompt_len: int) -> list[list[int]]:
     return [ids[(300 * i) % (len(ids) - prompt_len):][:prompt_len] for i in range(batch)]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side prints start/stop lines there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _sync(device) -> None:
@@ -48,7 +65,7 @@ def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32,
         _sync(device)
         cuda = device.type == "cuda"
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=activities) as prof:
+        with _quiet_stderr(), profile(activities=activities) as prof:
             start = time.perf_counter()
             for _ in range(steps):
                 runner.run(seqs, False)
