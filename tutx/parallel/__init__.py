@@ -17,10 +17,10 @@ from tutx.parallel.device_map import DevicePlan, parse_size, plan_device_map, to
 
 # Tensor parallelism (Chapter 5)
 from tutx.parallel.launch import run_torchrun
-from tutx.parallel.tensor_parallel import dtensor_parallel_, shard_, tensor_parallel_
+from tutx.parallel.tensor_parallel import allgather_parallel_, dtensor_parallel_, shard_, tensor_parallel_
 from tutx.parallel.tp_layers import ColumnParallelLinear, RowParallelLinear
 from tutx.parallel.tp_plan import TPPlan, comm_per_token, plan_tensor_parallel
 
 __all__ = ["DevicePlan", "Dispatch", "plan_device_map", "dispatch_", "parse_size", "torch_device",
            "ColumnParallelLinear", "RowParallelLinear", "TPPlan", "plan_tensor_parallel", "comm_per_token",
-           "tensor_parallel_", "shard_", "dtensor_parallel_", "run_torchrun"]
+           "tensor_parallel_", "shard_", "dtensor_parallel_", "allgather_parallel_", "run_torchrun"]
