@@ -217,13 +217,14 @@ def run(results: dict, device: str = "cuda", dry_run: bool = False, use_compile:
         raise RuntimeError(f"{len(bad)} Chapter 5 kernel check(s) off: {bad[:3]}")
 
 
-def compile_check(targets=((75, "fp16"), (80, "bf16"), (90, "bf16"))) -> list[dict]:
+def compile_check(targets=((75, "fp16"), (80, "bf16"), (90, "bf16")), tiles=None) -> list[dict]:
     """Compile every matmul config (and the other kernels once) for each ``(sm, dtype)``; no GPU needed.
 
     Triton ships ``ptxas``, so this checks that each kernel lowers for a T4, an A100 and an H100
     and records the shared memory it takes. Strides of 1 are passed as constants and the rest as
     multiples of 16, as Triton specialises them at run time (otherwise no pipelining happens).
-    Rows ``{sm, kernel, config, shared_kb}`` or ``{..., error}``. A few minutes on one CPU core.
+    ``tiles``: the matmul configs to compile (default all of ``GPU_TILES``). Rows
+    ``{sm, dtype, kernel, shared_kb}`` or ``{..., error}``. A few minutes on one CPU core.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -244,7 +245,7 @@ def compile_check(targets=((75, "fp16"), (80, "bf16"), (90, "bf16"))) -> list[di
             for step, kernel in (("fwd", nm.norm_fwd_kernel), ("bwd", nm.norm_bwd_kernel)):
                 jobs.append((f"{'rms' if rms else 'layer'}_norm {step}", kernel, norm_ptrs, dict(RMS=rms, HAS_BIAS=not rms, BLOCK=4096),
                              8))
-        for bm, bn, bk, warps, stages in mm.GPU_TILES:
+        for bm, bn, bk, warps, stages in (mm.GPU_TILES if tiles is None else tiles):
             jobs.append((f"matmul {bm}x{bn}x{bk} w{warps} s{stages}", mm.matmul_kernel.fn,
                          {"a_ptr": ptr, "b_ptr": ptr, "c_ptr": ptr},
                          dict(ACT=3, DOT_F32=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,

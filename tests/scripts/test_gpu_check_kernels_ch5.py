@@ -37,3 +37,31 @@ def test_refuses_cuda_without_a_gpu(script, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         script.run({})
+
+
+COMPILE = r'''
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("k", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+from tutx.kernels.tiled_matmul import GPU_TILES
+rows = mod.compile_check(targets=((80, "bf16"),), tiles=[GPU_TILES[0]])
+print("RESULT", json.dumps(rows))
+'''
+
+
+def test_every_kernel_lowers_for_a_gpu_without_one():
+    """The interpreter checks the maths, not that the kernels compile: lower them for sm_80 with Triton's ptxas."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # real JIT functions (the interpreter's cannot be compiled)
+    done = subprocess.run([sys.executable, "-c", COMPILE, str(SCRIPT)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert len(rows) == 8 and not [r for r in rows if "error" in r], rows
+    big = [r for r in rows if r["kernel"].startswith("matmul")][0]
+    assert 0 < big["shared_kb"] <= 164  # an A100's shared memory per block
