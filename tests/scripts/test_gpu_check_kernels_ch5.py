@@ -57,6 +57,7 @@ def test_every_kernel_lowers_for_a_gpu_without_one():
     import subprocess
     import sys
 
+    pytest.importorskip("triton")  # Linux wheels ship the NVIDIA backend and its ptxas
     env = {**os.environ, "TRITON_INTERPRET": "0"}  # real JIT functions (the interpreter's cannot be compiled)
     done = subprocess.run([sys.executable, "-c", COMPILE, str(SCRIPT)], capture_output=True, text=True, env=env,
                           timeout=300)
