@@ -16,6 +16,7 @@ past_key_values=..., use_cache=True)``).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import statistics
 import time
@@ -29,6 +30,7 @@ from tutx.bench.memory import peak_memory
 from tutx.bench.stats import bootstrap_ci
 from tutx.bench.tensor_memory import tensor_peak
 from tutx.bench.timing import percentile
+from tutx.models.kv import kv_cache_nbytes
 
 MB = 2**20
 
@@ -44,18 +46,14 @@ def check_grid(name: str, values) -> list[int]:
     return [check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
-def tensor_bytes(obj) -> int:
-    """Bytes held by the tensors in ``obj``: a tensor, nested lists/tuples, or a Hugging Face cache."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(o) for o in obj)
-    if hasattr(obj, "layers"):  # transformers >= 4.56 Cache: layers with .keys / .values
-        return sum(tensor_bytes(getattr(layer, "keys", None)) + tensor_bytes(getattr(layer, "values", None))
-                   for layer in obj.layers)
-    if hasattr(obj, "key_cache"):
-        return tensor_bytes(obj.key_cache) + tensor_bytes(obj.value_cache)
-    return 0
+def cache_kwarg(model) -> str:
+    """The KV-cache argument of ``model.forward``: ``cache`` in transformers 5, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache in a model output, whichever name this transformers version gives it."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -105,13 +103,13 @@ def generate_timed(model, input_ids: torch.Tensor, gen_len: int, cold_cache: boo
     clock.mark()
     out = model(input_ids, use_cache=True)
     clock.mark()
-    cache = out.past_key_values
+    cache, kw = output_cache(out), cache_kwarg(model)
     token = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
     for _ in range(gen_len - 1):
         if cold_cache:
             flush_l2(device)
             clock.mark()  # after the flush: the flush is not timed
-        out = model(token, past_key_values=cache, use_cache=True)
+        out = model(token, **{kw: cache}, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         clock.mark()
     clock.sync()
@@ -178,7 +176,7 @@ def benchmark_model(model, *, batch_sizes=(1, 4), prompt_lens=(64,), gen_lens=(1
                **_stats("prefill_ms", prefill, seed), **_stats("decode_ms", decode, seed)}
         row["prefill_tok_s"] = batch * plen / (row["prefill_ms"] / 1e3)
         row["decode_tok_s"] = batch / (row["decode_ms"] / 1e3)
-        kv = tensor_bytes(run["cache"])
+        kv = kv_cache_nbytes(run["cache"])
         del run
         row.update(weights_mb=w_bytes / MB, kv_cache_mb=kv / MB)
         if memory:
@@ -187,3 +185,34 @@ def benchmark_model(model, *, batch_sizes=(1, 4), prompt_lens=(64,), gen_lens=(1
             row.update(activations_mb=max(0, peak - kv) / MB, peak_mb=(w_bytes + peak) / MB)
         rows.append(row)
     return rows
+
+
+def decode_latency_fn(model, prompt_len: int = 32, gen_len: int = 4, vocab_size: int | None = None, seed: int = 0):
+    """``measure(batch) -> seconds``: the mean decode step of one generation at that batch size
+    (a ``prompt_len`` prompt, ``gen_len`` tokens) — what :func:`~tutx.bench.max_throughput_under_slo` searches over."""
+    check_positive_int("prompt_len", prompt_len)
+    check_int("gen_len", gen_len, minimum=2)
+    device = next(model.parameters()).device
+    vocab_size = check_positive_int("vocab_size", vocab_size if vocab_size is not None else model.config.vocab_size)
+
+    def measure(batch: int) -> float:
+        check_positive_int("batch", batch)
+        gen = torch.Generator().manual_seed(seed + batch)
+        ids = torch.randint(0, vocab_size, (batch, prompt_len), generator=gen).to(device)  # [B, P]
+        return statistics.fmean(generate_timed(model, ids, gen_len)["decode_s"])
+
+    return measure
+
+
+def memory_model(model, seq_len: int):
+    """``bytes(batch)``: weights plus the KV cache of ``batch`` sequences of ``seq_len`` tokens, from the config
+    (``2 * layers * kv_heads * head_dim * bytes`` per token) — the memory limit of an SLO search."""
+    check_positive_int("seq_len", seq_len)
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = next(model.parameters()).element_size()
+    per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * elem
+    weights = weight_bytes(model)
+    return lambda batch: weights + batch * seq_len * per_token
