@@ -3,8 +3,8 @@
 Profiles eager decode steps of the tiny LM (how much of a step is Python and dispatch), then runs
 the same greedy requests through an eager engine and a static-shape one (``torch.compile`` on a
 CPU, CUDA graphs on a GPU), interleaved, and writes
-``tutx/results/engine_graphs-<tag>-<date>.json`` with areas ``ch05_decode_profile`` and
-``ch05_decode_graphs`` (read by the Chapter 5 notebook with ``tutx.bench.latest``).
+``tutx/results/engine_graphs-<tag>-<date>.json`` with areas ``ch05_decode_profile``,
+``ch05_decode_forward`` (the forward pass alone) and ``ch05_decode_graphs`` (whole engine steps) (read by the Chapter 5 notebook with ``tutx.bench.latest``).
 
     OMP_NUM_THREADS=1 python scripts/engine_graphs.py --threads 1 --batches 1 4 8
 """
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     import tutx
-    from tutx.engine.graph_bench import compare_decode, profile_decode_step
+    from tutx.engine.graph_bench import compare_decode, compare_forward, profile_decode_step
     from tutx.models import heldout_text, load_tiny
 
     device = tutx.device.get()
@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     profile = [profile_decode_step(model, ids, b) for b in args.batches]
     for row in profile:
         print(row, flush=True)
+    forward = []
+    for b in args.batches:
+        forward.append(compare_forward(model, ids, b))
+        print(forward[-1], flush=True)
     graphs = []
     for b in args.batches:
         graphs.append(compare_decode(model, ids, b, max_tokens=args.max_tokens, rounds=args.rounds))
@@ -70,7 +74,8 @@ def main(argv=None) -> int:
     tag = args.tag or (f"cpu{args.threads}t" if device.type == "cpu" else
                        torch.cuda.get_device_name().replace(" ", "-"))
     out = Path(args.out_dir) / f"engine_graphs-{tag}-{datetime.now(timezone.utc):%Y-%m-%dT%H%M}.json"
-    out.write_text(json.dumps({"environment": env, "ch05_decode_profile": profile, "ch05_decode_graphs": graphs},
+    out.write_text(json.dumps({"environment": env, "ch05_decode_profile": profile, "ch05_decode_forward": forward,
+                               "ch05_decode_graphs": graphs},
                               indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0

@@ -6,6 +6,7 @@ Two measurements, used by ``scripts/engine_graphs.py`` (CPU) and the GPU check
 - :func:`profile_decode_step`: one decode step of the engine under ``torch.profiler``: its wall
   time, the time spent inside operators (CPU self time, or CUDA kernel time on a GPU) and the
   number of operator calls. The rest of the wall time is Python and dispatch — the overhead.
+- :func:`compare_forward`: the decode forward pass alone, eager against static-shape, call by call.
 - :func:`compare_decode`: the same greedy requests through an eager engine and a graph/compiled
   one, interleaved rounds; decode tokens per second of each (decode steps only, from the
   engine's own step records) and whether the tokens are identical.
@@ -83,6 +84,37 @@ def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32,
             "op_time": "CUDA kernel time" if cuda else "CPU self time of the operators"}
 
 
+def compare_forward(model, ids: list[int], batch: int, prompt_len: int = 32, repeats: int = 30) -> dict:
+    """The decode *forward pass* alone (no scheduling, no sampling): eager against static-shape,
+    interleaved call by call on the same batch, medians; plus the largest logit difference."""
+    engine = LLMEngine(model, None, EngineConfig(max_num_seqs=batch, enforce_eager=False, graph_batch_sizes=(batch,)))
+    for p in _prompts(ids, batch, prompt_len):
+        engine.add_request(p, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    engine.step()  # the prefill
+    seqs, _ = engine.scheduler.schedule()
+    runner, graphs = engine.runner, engine.runner.graphs
+    device = runner.device
+    with torch.inference_mode():
+        meta = runner._prepare_decode(seqs)
+        start = time.perf_counter()
+        static = graphs(meta)  # compiles or captures
+        warmup = time.perf_counter() - start
+        eager = runner.decode_logits(meta)
+        times = {True: [], False: []}
+        for _ in range(repeats):  # the same step again and again: it rewrites the same cache slots
+            for is_eager in (True, False):
+                _sync(device)
+                start = time.perf_counter()
+                runner.decode_logits(meta) if is_eager else graphs(meta)
+                _sync(device)
+                times[is_eager].append(time.perf_counter() - start)
+    eager_ms, static_ms = (statistics.median(times[k]) * 1e3 for k in (True, False))
+    return {"batch": batch, "backend": type(graphs).__name__, "eager_ms": eager_ms, "static_ms": static_ms,
+            "speedup": eager_ms / static_ms, "max_abs_logit_diff": (static.float() - eager).abs().max().item(),
+            "same_argmax": bool(torch.equal(static.argmax(-1), eager.argmax(-1))), "warmup_s": warmup,
+            "num_compiles": getattr(graphs, "num_compiles", None), "repeats": repeats}
+
+
 def compare_decode(model, ids: list[int], batch: int, prompt_len: int = 32, max_tokens: int = 32,
                    rounds: int = 3, **config) -> dict:
     """Decode tokens/s of an eager and a static-shape engine (``enforce_eager=False``), interleaved.
@@ -116,4 +148,4 @@ def compare_decode(model, ids: list[int], batch: int, prompt_len: int = 32, max_
             "eager_fallback_steps": getattr(graphs, "eager_steps", None), "rounds": rounds}
 
 
-__all__ = ["profile_decode_step", "compare_decode"]
+__all__ = ["profile_decode_step", "compare_forward", "compare_decode"]
