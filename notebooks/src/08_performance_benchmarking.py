@@ -113,8 +113,8 @@ for rate, run in runs.items():
     m = run.metrics
     assert m["failed"] == 0 and m["total_output_tokens"] == 16 * 16
 print(f"{len(prompts)} requests of {prompts[0].prompt_len} prompt tokens and {prompts[0].output_len} output tokens "
-      f"at {len(rates)} rates: all completed, {16 * 16} output tokens per run; the server is stopped "
-      f"(exit code {server.process.returncode})")
+      f"at {len(rates)} rates: all completed, {16 * 16} output tokens per run; goodput SLOs (ms): {slos}; "
+      f"the server is stopped (exit code {server.process.returncode})")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -194,7 +194,8 @@ else:
     env = ours.environment
     assert recorded["vllm serve"].path == ours.path, "both servers must come from the same run"
     print(ours.source)
-    print(f"vLLM {env.get('vllm')}; {env.get('workload')}; goodput SLOs (ms): {env.get('goodput_slos_ms')}")
+    print(f"vLLM {env.get('vllm')} (OpenMP threads on cores {env.get('vllm_omp_threads_bind')}), tutx serve with "
+          f"{env.get('threads')} threads; {env.get('workload')}; goodput SLOs (ms): {env.get('goodput_slos_ms')}")
     print(f"load average {env.get('load_average_start')} at the start, {env.get('load_average_end')} at the end. "
           f"{env.get('notes', '')}")
     summary = {name: by_rate(m) for name, m in recorded.items()}
