@@ -55,10 +55,10 @@ def explain(row: dict) -> str:
     mem = row["memory_reduction"]
     faster = "faster" if dec > 1.05 else "slower" if dec < 0.95 else "no faster"
     if kind in ("quant", "combo") and dec < 1.05:
-        return (f"Weights shrink {mem:.1f}× but decode is {faster} ({dec:.2f}×): on this CPU our quantized "
-                "modules dequantize in PyTorch before a float matmul, and a 17 MB model sits in cache, so "
-                "there is no memory-bandwidth bottleneck to relieve; the published gains come from fused "
-                "low-bit GPU kernels on multi-GB models whose decode is bandwidth-bound.")
+        return (f"Memory shrinks {mem:.1f}× but decode is {faster} ({dec:.2f}×): on this CPU our quantized "
+                "modules dequantize in PyTorch before a float matmul, and {row['weights_mb']:.0f} MB of weights "
+                "sit in the CPU's caches, so there is no memory-bandwidth bottleneck to relieve; the published "
+                "gains come from fused low-bit GPU kernels on multi-GB models whose decode is bandwidth-bound.")
     if kind in ("quant", "combo"):
         return (f"Decode is {dec:.2f}× faster with {mem:.1f}× less memory: fewer bytes per weight read; "
                 "published gains are larger on GPUs where decode is bound by HBM bandwidth.")
@@ -209,3 +209,26 @@ def gpu_rows() -> list[dict]:
                          "range": f"{min(vals):.2f}–{max(vals):.2f}×", "shapes": len(vals),
                          "device": attn.device, "file": attn.path.name})
     return rows
+
+
+def distill_rows() -> list[dict]:
+    """The distillation row, from the Chapter 2 results file (``latest("compress_distill")``): the
+    distilled student against its teacher, memory and held-out perplexity as that run measured them.
+    Empty when no such file is there."""
+    from tutx.bench.results import latest
+
+    m = latest("compress_distill")
+    if m is None:
+        return []
+    by = {r.get("model"): r for r in m.rows}
+    teacher, student = by.get("teacher (tiny LM)"), by.get("distilled student")
+    if teacher is None or student is None:
+        return []
+    scratch = by.get("student from scratch")
+    return [{"technique": "distillation to a smaller student", "measured against": "its teacher (the tiny LM)",
+             "memory": f"{teacher['bytes_fp32'] / student['bytes_fp32']:.2f}× less",
+             "perplexity change": f"{student['heldout_ppl'] - teacher['heldout_ppl']:+.1f}",
+             "same student from scratch": f"{scratch['heldout_ppl'] - teacher['heldout_ppl']:+.1f}" if scratch else "—",
+             "training": f"{student.get('steps', '?')} steps",
+             "published": "DistilBERT: 40% smaller, 60% faster, 97% of BERT's quality",
+             "file": m.path.name}]
