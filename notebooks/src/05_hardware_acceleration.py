@@ -496,8 +496,10 @@ tutx.show(CUDAGraphDecode.capture)
 tutx.show(CUDAGraphDecode.run_padded)
 
 # %% [markdown]
-# Compiling the tiny LM takes minutes on a small CPU, too long for this notebook, so the
-# comparison was run by `scripts/engine_graphs.py` and recorded. First the decode forward pass
+# Compiling the tiny LM takes from seconds (when inductor's on-disk cache already holds the
+# generated code, as for all but the first compilation in the tables below) to minutes (cold, on a
+# loaded small CPU), too long for this notebook, so the comparison was run by
+# `scripts/engine_graphs.py` and recorded. First the decode forward pass
 # alone, eager and compiled called in turn on the same batch:
 
 # %%
@@ -535,7 +537,7 @@ else:
 # changed between rows. On a CPU the operators themselves are slow (the tiny LM's weights stream
 # from DRAM every step), so removing Python and dispatch buys at most the overhead share the
 # profile showed — and in a whole engine step, scheduling and sampling stay in Python, so the
-# gain shrinks further. Compilation costs minutes up front. On a GPU the operators take microseconds and the launches
+# gain shrinks further. Compilation costs time up front (the compile and first-run columns). On a GPU the operators take microseconds and the launches
 # dominate: there, the graph replay is where small-batch decoding gets its speed. Either way the
 # tokens are the eager engine's (the test suite checks it: `tests/engine/test_engine_graphs.py`).
 
