@@ -5,7 +5,11 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from tutx.compress.grouped import GROUPED_ATTENTION
 from tutx.compress.heads import head_mask, prune_heads_
-from tutx.compress.importance import head_importance, heads_to_prune, mean_attention_score
+from tutx.compress.importance import (
+    head_importance,
+    heads_to_prune,
+    mean_attention_score,
+)
 from tutx.compress.saving import load_pruned
 from tutx.compress.structure import head_counts, layout
 

@@ -20,9 +20,15 @@ import torch
 
 from tutx._validate import check_choice, check_int, check_probability
 from tutx.compress.importance import run_batch
-from tutx.compress.structure import ffn_projections, keep_cols, keep_rows, layers, layout
+from tutx.compress.structure import (
+    ffn_projections,
+    keep_cols,
+    keep_rows,
+    layers,
+    layout,
+)
 
-__all__ = ["ffn_importance", "prune_ffn_", "METHODS"]
+__all__ = ["METHODS", "ffn_importance", "prune_ffn_"]
 
 METHODS = ("activation", "weight")
 

@@ -23,10 +23,20 @@ from torch import nn
 
 from tutx._validate import check_int
 from tutx.compress import grouped
-from tutx.compress.structure import (attention_projections, family, head_counts, head_dim, keep_cols, keep_rows,
-                                     kv_groups, layers, layout, set_grouping)
+from tutx.compress.structure import (
+    attention_projections,
+    family,
+    head_counts,
+    head_dim,
+    keep_cols,
+    keep_rows,
+    kv_groups,
+    layers,
+    layout,
+    set_grouping,
+)
 
-__all__ = ["prune_heads_", "head_mask", "check_heads"]
+__all__ = ["check_heads", "head_mask", "prune_heads_"]
 
 
 def check_heads(model, heads) -> dict[int, list[int]]:
@@ -113,16 +123,13 @@ def prune_heads_(model, heads: dict[int, Iterable[int]]):
     plan = check_heads(model, heads)
     dim = head_dim(model)
     blocks = layers(model)
-    uneven = False
     for layer, remove in plan.items():
         if fam == "llama":
             _prune_llama_block(blocks[layer], remove, dim)
         else:
             _prune_bert_block(blocks[layer], remove, dim)
-    if fam == "llama":
-        uneven = any(getattr(b.self_attn, "kv_head_index", None) is not None for b in blocks)
-        if uneven:
-            use_grouped_attention(model)
+    if fam == "llama" and any(getattr(b.self_attn, "kv_head_index", None) is not None for b in blocks):
+        use_grouped_attention(model)
     model.config.pruned_layout = layout(model)
     return model
 

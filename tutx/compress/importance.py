@@ -25,9 +25,9 @@ import torch
 
 from tutx._validate import check_bool, check_int, check_probability
 from tutx.compress.heads import head_mask
-from tutx.compress.structure import family, head_counts, layers
+from tutx.compress.structure import family, head_counts
 
-__all__ = ["head_importance", "mean_attention_score", "heads_to_prune", "run_batch"]
+__all__ = ["head_importance", "heads_to_prune", "mean_attention_score", "run_batch"]
 
 
 def run_batch(model, batch):

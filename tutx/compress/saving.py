@@ -20,9 +20,15 @@ from torch import nn
 from transformers import BertModel, LlamaForCausalLM
 
 from tutx.compress import grouped
-from tutx.compress.structure import attention_projections, ffn_projections, head_dim, layers, set_grouping
+from tutx.compress.structure import (
+    attention_projections,
+    ffn_projections,
+    head_dim,
+    layers,
+    set_grouping,
+)
 
-__all__ = ["PrunedLlamaForCausalLM", "PrunedBertModel", "apply_layout", "load_pruned"]
+__all__ = ["PrunedBertModel", "PrunedLlamaForCausalLM", "apply_layout", "load_pruned"]
 
 
 def _resize(linear: nn.Linear, out_features: int | None = None, in_features: int | None = None) -> None:

@@ -19,8 +19,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["family", "layers", "head_dim", "attention_projections", "ffn_projections",
-           "kv_groups", "head_counts", "layout", "set_grouping", "keep_rows", "keep_cols"]
+__all__ = [
+    "attention_projections",
+    "family",
+    "ffn_projections",
+    "head_counts",
+    "head_dim",
+    "keep_cols",
+    "keep_rows",
+    "kv_groups",
+    "layers",
+    "layout",
+    "set_grouping",
+]
 
 
 def _base(model: nn.Module) -> nn.Module:
