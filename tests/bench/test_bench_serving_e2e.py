@@ -92,7 +92,7 @@ def test_unreachable_url_fails_fast():
 
 
 @pytest.mark.parametrize("mode, reason", [("error", "HTTP 500"), ("malformed", "malformed SSE: not JSON"),
-                                          ("truncated", "without [DONE]")])
+                                          ("truncated", "without [DONE]"), ("error_event", "error event: ")])
 def test_bad_servers_count_as_failures(mode, reason):
     with StubServer(chunks=4, mode=mode) as url:
         run = benchmark_serving(url, [Prompt("x", (1,), 4)] * 3, max_concurrency=2)

@@ -3,7 +3,8 @@
 A bare ASGI app (no framework, nothing computed) answers ``/v1/models`` and streams ``chunks``
 completion chunks, a usage chunk and ``[DONE]`` for every ``POST /v1/completions`` (or
 ``/v1/chat/completions``). ``mode`` makes it misbehave for tests: ``"error"`` answers HTTP 500,
-``"malformed"`` streams a chunk that is not JSON, ``"truncated"`` stops before ``[DONE]``.
+``"malformed"`` streams a chunk that is not JSON, ``"truncated"`` stops before ``[DONE]``,
+``"error_event"`` streams an error object mid-answer (as a server does when it aborts a request).
 
 :class:`StubServer` runs it with uvicorn on 127.0.0.1, in a thread of this process (quick, for
 tests) or in a subprocess (``process=True``: the client's CPU time is then its own);
@@ -21,7 +22,7 @@ import time
 
 from tutx._validate import check_choice, check_int, check_positive_int
 
-MODES = ("ok", "error", "malformed", "truncated")
+MODES = ("ok", "error", "malformed", "truncated", "error_event")
 
 
 def stub_app(chunks: int = 16, mode: str = "ok"):
@@ -54,6 +55,8 @@ def stub_app(chunks: int = 16, mode: str = "ok"):
             body = b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
             if mode == "malformed" and i == chunks // 2:
                 body = b"data: {not json\n\n"
+            elif mode == "error_event" and i == chunks // 2:
+                body = b'data: {"error": {"message": "aborted", "code": 500}}\n\n'
             await send({"type": "http.response.body", "body": body, "more_body": True})
         if mode == "truncated":
             await send({"type": "http.response.body", "body": b"data: {\"choi", "more_body": False})
