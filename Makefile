@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install mathjax book test unit nbval lab chromium nginx clean help tiny-lm notebooks bench-vllm
+.PHONY: install mathjax book test unit nbval lab chromium nginx clean help tiny-lm notebooks bench-vllm bench-serve-vllm
 
 help:
 	@echo "make book  - build the book into _build/html"
@@ -111,3 +111,9 @@ $(VLLM_STAMP):
 
 bench-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python scripts/bench_engines.py $(BENCH_ARGS)
+
+# Chapter 8's serving race: `tutx serve` against vLLM's OpenAI server, same model, prompts and rates
+# (interleaved). Results land in tutx/results/serving-*.json (Chapter 8 reads them).
+SERVE_BENCH_ARGS ?= --rates 1 2 4 8 inf --num-prompts 32 --rounds 2
+bench-serve-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python scripts/bench_serving.py $(SERVE_BENCH_ARGS)
