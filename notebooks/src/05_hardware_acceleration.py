@@ -800,7 +800,152 @@ print(f"Llama-3.1-70B int4 weights: {gb:.0f} GB of {m1.memory_bytes / 1e9:.0f} G
 # %% [markdown]
 # ## 6. CPU inference with ONNX Runtime
 #
-# (H5c: cells here)
+# Without a GPU, a transformer's forward pass is a chain of matrix products and many small
+# element-wise operators, and eager PyTorch dispatches each of them separately from Python.
+# ONNX Runtime (ORT) {cite}`onnxruntime2021` takes the whole graph ahead of time instead: it folds
+# constants, fuses RMSNorm / LayerNorm, GELU, attention and MatMul+Add into single kernels, plans
+# its memory once, and runs each operator on a thread pool sized to the **physical** cores (more
+# threads than cores only fight over the same vector units). On top of that comes **dynamic INT8**:
+# the weights are stored as int8 once, each activation is quantized at run time from its own
+# range (no calibration data), and the matrix products run on the CPU's int8 dot-product
+# instructions (AVX-512 VNNI on this machine) — with one scale per output channel, which keeps
+# the outputs much closer to fp32 than one scale per tensor.
+#
+# A decoder needs one more thing: its **KV cache** must cross the graph boundary, or every new
+# token would recompute the whole prefix. `tutx.cpu.export_causal_lm` wraps the Hugging Face model
+# so that the cache is plain tensors in and out — `past_key_<i>`, `past_value_<i>` of shape
+# `[batch, kv_heads, past, head_dim]` in, the same extended by the new tokens out. One graph
+# serves both phases, because `past` may be 0: prefill is a call with an empty cache and the
+# prompt, decode a call with the cache and one token. Batch, sequence and past lengths are dynamic.
+
+# %%
+import tempfile
+from pathlib import Path
+
+from tutx.cpu import (LOGITS_ATOL, CausalLMWithCache, OrtCausalLM, compare_causal_lm, cosine_similarity,
+                      export_causal_lm, make_session, measure_tiny_lm, quantize_onnx_int8)
+from tutx.models import heldout_text, load_tiny
+
+tutx.show(CausalLMWithCache)
+
+# %% [markdown]
+# `torch.onnx.export` has two exporters. The **dynamo** exporter (`torch.export`, then onnxscript)
+# is the default of `export_causal_lm` and the one PyTorch develops; it handles this model, cache
+# and all. The older **TorchScript** tracer is deprecated but exports the same graph several times
+# faster, so this notebook uses it to stay quick; `scripts/bench_cpu_inference.py` exports with
+# both and checks both against PyTorch (table further down).
+
+# %%
+onnx_tmp = tempfile.TemporaryDirectory(prefix="tutx-onnx-")  # removed at the end of the section
+cpu_lm, cpu_tok = load_tiny()
+lm_path = export_causal_lm(cpu_lm, Path(onnx_tmp.name) / "tiny_lm.onnx", exporter="torchscript")
+lm_int8_path = quantize_onnx_int8(lm_path, Path(onnx_tmp.name) / "tiny_lm.int8.onnx")
+session = make_session(lm_path)
+for node in session.get_inputs()[:3] + session.get_outputs()[:2]:
+    print(f"{node.name:16} {node.shape}")
+print(f"... {len(session.get_inputs())} inputs and {len(session.get_outputs())} outputs (a key and a value per layer)")
+print(f"file sizes: fp32 {lm_path.stat().st_size / 2**20:.0f} MB, INT8 {lm_int8_path.stat().st_size / 2**20:.0f} MB")
+
+# %% [markdown]
+# Now the check against PyTorch: the logits of the prompt pass, the logits of one decode step
+# through the cache, and 24 greedy tokens (`OrtCausalLM.generate`: one prefill call, then one call
+# per token, argmax each time) against the same loop in PyTorch. ORT's fusions reorder sums, so its
+# fp32 logits may differ by rounding; we accept at most `LOGITS_ATOL`.
+
+# %%
+prompt = torch.tensor([cpu_tok.encode(heldout_text())[:16]])  # [1, 16]
+ort_lm = OrtCausalLM(lm_path)
+check = compare_causal_lm(cpu_lm, ort_lm, prompt, max_new_tokens=24)
+assert check["prefill_max_abs"] <= LOGITS_ATOL and check["decode_max_abs"] <= LOGITS_ATOL
+print(f"max |ORT - PyTorch| of the logits, prefill and decode step: both <= {LOGITS_ATOL:g}")
+print("24 greedy tokens identical to PyTorch's:", check["tokens_equal"])
+print(repr(cpu_tok.decode(ort_lm.generate(prompt, 24)[0, 16:])))
+
+# %% [markdown]
+# The INT8 graph is not exact — quantization error is not rounding error — so we compare it with
+# fp32 by the cosine of the logits and by how often the next-token prediction agrees, position by
+# position (int8 kernels differ between instruction sets, hence no stored output to compare):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+int8_lm = OrtCausalLM(lm_int8_path)
+window = torch.tensor([cpu_tok.encode(heldout_text())[:128]])  # [1, 128]
+fp32_logits, int8_logits = ort_lm.forward(window)[0][0], int8_lm.forward(window)[0][0]  # [128, vocab]
+top1 = (fp32_logits.argmax(-1) == int8_logits.argmax(-1)).mean()
+greedy = (int8_lm.generate(prompt, 24) == ort_lm.generate(prompt, 24))[0, 16:].float().mean()
+print(f"INT8 vs fp32 over 128 positions: smallest cosine of the logits "
+      f"{cosine_similarity(int8_logits, fp32_logits).min():.3f}, same next-token prediction at {top1:.0%}")
+print(f"24 greedy tokens: {greedy:.0%} the same (after the first difference, the two continue different texts)")
+
+# %% [markdown]
+# How fast? A short interleaved run here (every backend once per round, order rotated, medians),
+# one thread each so that a busy machine does not distort it: forward latency of the tiny LM at
+# batch 1, sequence 128 (the prompt pass), and greedy decode tokens/s. The ratios are to PyTorch
+# eager fp32, measured in the same run.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+live = measure_tiny_lm({"tiny_lm": lm_path, "tiny_lm_int8": lm_int8_path}, threads=1, rounds=5, seq=128,
+                       decode_prompt=16, decode_tokens=16,
+                       backends=("pytorch_eager", "pytorch_int8", "ort_fp32", "ort_int8"))
+show_table([{"backend": r["label"], "forward ms (1 x 128)": r["forward_ms"], "forward x eager": r["forward_speedup"],
+             "decode tok/s": r["decode_tok_s"], "decode x eager": r["decode_speedup"]} for r in live])
+print(f"measured on {tutx.device.name()}, 1 thread")
+
+# %% [markdown]
+# The full comparison, with `torch.compile` and MiniLM, and with both one thread and all physical
+# cores, takes minutes (compiling, more rounds), so `scripts/bench_cpu_inference.py` records it
+# into a results file and we read the newest one:
+
+# %%
+lm_run, enc_run = latest("cpu_tiny_lm"), latest("cpu_minilm")
+if lm_run is None or enc_run is None:
+    print("Not recorded yet: run `python scripts/bench_cpu_inference.py`; the tables will appear here.")
+else:
+    show_table([{"threads": r["threads"], "backend": r["label"], "forward ms (1 x 128)": f"{r['forward_ms']:.1f}",
+                 "forward x eager": r["forward_speedup"], "decode tok/s": f"{r['decode_tok_s']:.1f}",
+                 "decode x eager": r["decode_speedup"], "max abs logit diff": f"{r['max_abs_logit_diff']:.1e}",
+                 "top-1 agree": r.get("top1_agree"), "greedy tokens agree": r["greedy_tokens_agree"]}
+                for r in lm_run.rows], digits=2)
+    show_table([{"threads": r["threads"], "backend": r["label"],
+                 f"ms per batch of {r['batch']} x {r['seq']}": f"{r['latency_ms']:.0f}", "x eager": r["speedup"],
+                 "min cosine to fp32": r["min_cosine"]} for r in enc_run.rows], digits=3)
+    env = lm_run.environment
+    print(f"{lm_run.source}; onnxruntime {env.get('onnxruntime')}; load average "
+          f"{env.get('load_average_start', float('nan')):.0f} at the start, {env.get('load_average_end', float('nan')):.0f} at the end")
+    exports = {(r["model"], r["exporter"]): r for r in latest("cpu_export").rows}
+    print("export seconds, dynamo vs TorchScript: " + ", ".join(
+        f"{m} {exports[(m, 'dynamo')]['export_s']:.0f} vs {exports[(m, 'torchscript')]['export_s']:.0f}"
+        for m in ("tiny_lm", "minilm")))
+
+# %% [markdown]
+# Read the one-thread rows first. The machine that recorded this file was shared with other jobs
+# (its load average is in the file's environment), and there PyTorch with two threads can be far
+# slower than with one: its OpenMP threads wait for each other at every operator, so whenever one of
+# them loses its core the whole operator waits, while ORT's thread pool degrades more gently. On a
+# dedicated machine, one thread per physical core is the right setting for both.
+#
+# What the recorded run says, against the anchors — ONNX Runtime's own notebooks measured INT8
+# BERT-base at 1.73x PyTorch fp32 on a CPU with the same F1 {cite}`ortbertquant2020`, and GPT-2
+# with its past state at about 1.7x PyTorch at batch 1 {cite}`ortgpt2cpu2020` — and the target we set
+# ourselves (ORT at least 1.5x PyTorch eager fp32 for the tiny LM forward at batch 1, sequence 128):
+
+# %%
+if lm_run is not None and enc_run is not None:
+    def pick(rows, backend, threads):
+        return next((r for r in rows if r["backend"] == backend and r["threads"] == threads), None)
+
+    for n in sorted({r["threads"] for r in lm_run.rows}):
+        ort, ort8 = pick(lm_run.rows, "ort_fp32", n), pick(lm_run.rows, "ort_int8", n)
+        comp, enc8 = pick(lm_run.rows, "torch_compile", n), pick(enc_run.rows, "ort_int8", n)
+        print(f"{n} thread(s): tiny LM forward, ORT fp32 {ort['forward_speedup']:.3f}x eager "
+              f"({'meets' if ort['forward_speedup'] >= 1.5 else 'misses'} the 1.5x target), ORT INT8 "
+              f"{ort8['forward_speedup']:.2f}x; decode ORT fp32 {ort['decode_speedup']:.2f}x, INT8 "
+              f"{ort8['decode_speedup']:.2f}x" + (f"; torch.compile forward {comp['forward_speedup']:.2f}x" if comp else "")
+              + f"; MiniLM ORT INT8 {enc8['speedup']:.2f}x PyTorch fp32 (min cosine {enc8['min_cosine']:.3f})")
+
+# %%
+onnx_tmp.cleanup()
 
 # %% [markdown]
 # ## Exercises
