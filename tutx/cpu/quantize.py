@@ -13,6 +13,7 @@ ORT's notebooks compare with, so we keep it and silence the warning.
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 
@@ -42,10 +43,16 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = 
     check_bool("per_channel", per_channel)
     check_bool("reduce_range", reduce_range)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range)
+    root, handlers, level = logging.getLogger(), list(logging.getLogger().handlers), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # the quantizer logs "consider pre-processing" on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             reduce_range=reduce_range)
+    finally:  # and logging.warning() installs a root handler as a side effect: take it away again
+        root.handlers[:] = handlers
+        root.setLevel(level)
     return Path(dst)
 
 
