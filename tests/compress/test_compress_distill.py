@@ -89,6 +89,7 @@ def test_kd_loss_errors():
         kd_loss(s, t, torch.zeros(2, 3))
 
 
+@torch.no_grad()
 def test_hidden_state_loss():
     loss = HiddenStateDistillLoss(4, 6)
     s, t = torch.randn(2, 3, 4), torch.randn(2, 3, 6)
