@@ -938,11 +938,22 @@ if lm_run is not None and enc_run is not None:
     for n in sorted({r["threads"] for r in lm_run.rows}):
         ort, ort8 = pick(lm_run.rows, "ort_fp32", n), pick(lm_run.rows, "ort_int8", n)
         comp, enc8 = pick(lm_run.rows, "torch_compile", n), pick(enc_run.rows, "ort_int8", n)
-        print(f"{n} thread(s): tiny LM forward, ORT fp32 {ort['forward_speedup']:.3f}x eager "
-              f"({'meets' if ort['forward_speedup'] >= 1.5 else 'misses'} the 1.5x target), ORT INT8 "
+        verdict = f" ({'meets' if ort['forward_speedup'] >= 1.5 else 'misses'} the 1.5x target)" if n == 1 else ""
+        print(f"{n} thread(s): tiny LM forward, ORT fp32 {ort['forward_speedup']:.3f}x eager{verdict}, ORT INT8 "
               f"{ort8['forward_speedup']:.2f}x; decode ORT fp32 {ort['decode_speedup']:.2f}x, INT8 "
               f"{ort8['decode_speedup']:.2f}x" + (f"; torch.compile forward {comp['forward_speedup']:.2f}x" if comp else "")
               + f"; MiniLM ORT INT8 {enc8['speedup']:.2f}x PyTorch fp32 (min cosine {enc8['min_cosine']:.3f})")
+
+# %% [markdown]
+# Where the gain comes from: a 128-token forward pass is mostly matrix products, for which PyTorch
+# and ORT call similarly tuned GEMM kernels, so graph optimisation buys less there than in
+# decoding, where each step is a few hundred tiny operators on one token and eager PyTorch pays
+# Python and dispatch overhead for every one of them (the launch-overhead story of section 3, on a
+# CPU). INT8 then halves the time of the matrix products themselves. On the MiniLM batch, ORT's
+# fp32 graph does not beat PyTorch at one thread (the same GEMMs again); both INT8 versions do,
+# and ORT's keeps the embeddings closer to fp32: both use one weight scale per output channel, but
+# PyTorch's dynamic linear quantizes activations to 7 bits (`reduce_range=True`, to avoid overflow
+# on CPUs without VNNI) where ORT uses all 8.
 
 # %%
 onnx_tmp.cleanup()
