@@ -14,9 +14,9 @@ from tutx._validate import check_positive_int
 from tutx.cpu.onnx_export import CausalLMWithCache, cache_shape
 
 LOGITS_ATOL = 1e-3
-"""Largest |ORT fp32 - PyTorch fp32| accepted on the tiny LM's logits."""
+"""Largest absolute difference accepted between ORT fp32 and PyTorch fp32 logits of the tiny LM."""
 HIDDEN_ATOL = 1e-3
-"""Largest |ORT fp32 - PyTorch fp32| accepted on MiniLM's last hidden state (padded positions excluded)."""
+"""Largest absolute difference accepted between ORT fp32 and PyTorch fp32 MiniLM hidden states (real tokens only)."""
 INT8_MIN_COSINE = 0.97
 """Smallest cosine similarity accepted between INT8 and fp32 sentence embeddings."""
 
