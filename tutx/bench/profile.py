@@ -13,7 +13,9 @@ stopwatch.
 """
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,12 +48,29 @@ def _self_us(evt, cuda: bool) -> float:
     return evt.self_device_time_total if cuda else evt.self_cpu_time_total
 
 
+@contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines); Python's ``sys.stderr`` is untouched."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (some embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _run_profiled(fn: Callable, device: torch.device, warmup: int):
     cuda = device.type == "cuda"
     for _ in range(warmup):
         fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with _quiet_native_stderr(), profile(activities=activities) as prof:
         t0 = time.perf_counter()
         with record_function("step"):
             fn()

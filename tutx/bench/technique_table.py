@@ -49,34 +49,39 @@ class _Context(dict):
 
 
 def explain(row: dict) -> str:
-    """One sentence on why this row's measured speed-up differs from the claimed/published one
-    (it depends on the measured ratios, so it is generated, not typed)."""
+    """One sentence (or two) on why this row's measured numbers differ from the claimed/published
+    ones. It depends on the measured ratios and their intervals, so it is generated, not typed."""
     kind, dec, pre = row["kind"], row["decode_speedup"], row["prefill_speedup"]
+    dlo, dhi = row["decode_speedup_ci"]
     mem = row["memory_reduction"]
-    faster = "faster" if dec > 1.05 else "slower" if dec < 0.95 else "no faster"
-    if kind in ("quant", "combo") and dec < 1.05:
-        return (f"Memory shrinks {mem:.1f}× but decode is {faster} ({dec:.2f}×): on this CPU our quantized "
-                "modules dequantize in PyTorch before a float matmul, and {row['weights_mb']:.0f} MB of weights "
+    clear_gain, clear_loss = dlo > 1.05, dhi < 0.95
+    noise = (f" The decode interval [{dlo:.2f}, {dhi:.2f}] includes 1: at this level of timing noise, no change "
+             "cannot be ruled out." if dlo < 1 < dhi else "")
+    if kind in ("quant", "combo") and not clear_gain:
+        what = "slower" if clear_loss else "no faster"
+        return (f"Memory shrinks {mem:.1f}× but decode is {what} ({dec:.2f}×): on this CPU our quantized "
+                f"modules dequantize in PyTorch before a float matmul, and {row['weights_mb']:.0f} MB of weights "
                 "sit in the CPU's caches, so there is no memory-bandwidth bottleneck to relieve; the published "
-                "gains come from fused low-bit GPU kernels on multi-GB models whose decode is bandwidth-bound.")
+                "gains come from fused low-bit GPU kernels on multi-GB models whose decode is bandwidth-bound." + noise)
     if kind in ("quant", "combo"):
         return (f"Decode is {dec:.2f}× faster with {mem:.1f}× less memory: fewer bytes per weight read; "
-                "published gains are larger on GPUs where decode is bound by HBM bandwidth.")
+                "published gains are larger on GPUs where decode is bound by HBM bandwidth." + noise)
     if kind == "prune":
         return (f"Removing whole heads/neurons shrinks the matmuls, so the speed-up ({pre:.2f}× prefill, "
                 f"{dec:.2f}× decode) follows the removed FLOPs, diluted by the parts pruning does not touch "
                 "(embeddings, LM head, norms, Python overhead); the quality cost is measured without "
-                "fine-tuning, which the published numbers include.")
+                "fine-tuning, which the published numbers include." + noise)
     if kind == "attention":
-        return (f"At a {row['prompt_len']}-token prompt attention is a small share of the work, so fusing it "
-                f"gives {pre:.2f}× prefill and {dec:.2f}× decode; FlashAttention's 2–10× is for the attention "
-                "kernel alone at long sequences on a GPU, where the materialised score matrix dominates memory traffic.")
+        return (f"At a {row['prompt_len']}-token prompt the fused kernel gives {pre:.2f}× prefill and {dec:.2f}× "
+                "decode, mostly by running fewer small operators; FlashAttention's 2–10× is for the attention "
+                "kernel alone at long sequences on a GPU, where the materialised score matrix dominates memory "
+                "traffic." + noise)
     if kind == "kv_heads":
-        return (f"The KV cache shrinks with the KV heads (memory {mem:.2f}× here, mostly weights at this size), "
-                f"but at {row['prompt_len']} tokens and batch {row['batch']} decode reads far more weight bytes "
-                f"than cache bytes, so the speed-up is {dec:.2f}×; the gain appears with long contexts and large "
-                "batches, where the cache dominates the bytes read per step.")
-    return f"Measured {pre:.2f}× prefill and {dec:.2f}× decode on this machine."
+        return (f"Fewer KV heads shrink the KV cache and the k/v projections (memory {mem:.2f}× here, mostly "
+                f"weights at {row['prompt_len']} tokens and batch {row['batch']}); decode is {dec:.2f}×. The cache "
+                "saving grows with context length and batch, where the cache dominates the bytes read per step, "
+                "which is where the published speed-ups are measured." + noise)
+    return f"Measured {pre:.2f}× prefill and {dec:.2f}× decode on this machine." + noise
 
 
 def measure_techniques(model, tokenizer, techniques: list[Technique] | None = None, *, rounds: int = 7,
