@@ -81,6 +81,8 @@ def test_explanations_depend_on_the_measured_ratio():
     slow, fast = _row(decode_speedup=0.75), _row(decode_speedup=1.6, decode_speedup_ci=[1.4, 1.8])
     assert "0.75×" in slow["why"] and "dequantize" in slow["why"]
     assert "1.60×" in fast["why"] and "faster" in fast["why"]
+    assert "uptraining" in _row(kind="kv_heads", ppl_change=60.0, ppl_noise=2.0)["why"]
+    assert "uptraining" not in _row(kind="kv_heads", ppl_change=0.0, ppl_noise=0.0)["why"]
     for kind in ("prune", "attention", "kv_heads", "combo"):
         assert "×" in _row(kind=kind)["why"]
 

@@ -55,6 +55,9 @@ def explain(row: dict) -> str:
     dlo, dhi = row["decode_speedup_ci"]
     mem = row["memory_reduction"]
     clear_gain, clear_loss = dlo > 1.05, dhi < 0.95
+    quality = (f" Perplexity rises by {row['ppl_change']:.1f} (noise ±{row['ppl_noise']:.2f}): the KV heads were "
+               "mean-pooled without the uptraining the GQA paper applies." if row["ppl_change"] > 3 * row["ppl_noise"] > 0
+               else "")
     noise = (f" The decode interval [{dlo:.2f}, {dhi:.2f}] includes 1: at this level of timing noise, no change "
              "cannot be ruled out." if dlo < 1 < dhi else "")
     if kind in ("quant", "combo") and not clear_gain:
@@ -80,7 +83,7 @@ def explain(row: dict) -> str:
         return (f"Fewer KV heads shrink the KV cache and the k/v projections (memory {mem:.2f}× here, mostly "
                 f"weights at {row['prompt_len']} tokens and batch {row['batch']}); decode is {dec:.2f}×. The cache "
                 "saving grows with context length and batch, where the cache dominates the bytes read per step, "
-                "which is where the published speed-ups are measured." + noise)
+                "which is where the published speed-ups are measured." + quality + noise)
     return f"Measured {pre:.2f}× prefill and {dec:.2f}× decode on this machine." + noise
 
 
