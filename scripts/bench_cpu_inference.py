@@ -26,17 +26,11 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tutx.bench.environment import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: list[int], argv: list[str]) -> dict:

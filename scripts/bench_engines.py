@@ -272,14 +272,6 @@ def summarise(runs: list[dict], output_tokens: int) -> dict:
                        "p99": statistics.median(percentile(r["tpot"], 99) for r in runs)}}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> dict:
@@ -309,7 +301,9 @@ def main(argv=None) -> dict:
     from tutx.models import load_tiny_tokenizer
     tok = load_tiny_tokenizer()
     args.cache.mkdir(parents=True, exist_ok=True)
-    report = {"environment": {"device": _cpu_name(), "machine": platform.machine(), "threads": args.threads,
+    from tutx.bench.environment import cpu_name
+
+    report = {"environment": {"device": cpu_name(), "machine": platform.machine(), "threads": args.threads,
                               "rounds": args.rounds, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
                               "python": platform.python_version(), "load_average_start": os.getloadavg()[0]},

@@ -36,19 +36,12 @@ from tutx.compress import (DistillationTrainer, layerdrop_, layers_to_keep, make
 from tutx.models import heldout_perplexity, heldout_text, load_tiny  # noqa: E402
 from tutx.models.corpus import split_plays  # noqa: E402
 from tutx.train import causal_lm_loss, random_windows, train  # noqa: E402
+from tutx.bench.environment import cpu_name as _cpu_name
 
 STUDENT = dict(num_layers=2, hidden_size=128, intermediate_size=320, num_attention_heads=4, num_key_value_heads=1)
 EVAL_CHARS = 6000  # the cheap periodic evaluation: the first 6,000 held-out characters
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_ids(tok, chars_per_play: int) -> torch.Tensor:

@@ -31,19 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tutx.bench.environment import cpu_name
+
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 RECOVER_FRACTIONS = (0.2, 0.4, 0.6)
 MINILM_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: int, argv: list[str]) -> dict:
