@@ -29,7 +29,7 @@ __all__ = ["run_checks", "main", "PROMPT", "LOGITS_ATOL"]
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 LOGITS_ATOL = 1e-4
-"""Tolerance on max |sharded - unsharded| logits in fp32, and on the gradients relative to their
+"""Tolerance on the largest ``abs(sharded - unsharded)`` logit in fp32, and on the gradients relative to their
 largest value: the shards only change the order of the float sums (about 1e-5 measured)."""
 
 
@@ -73,7 +73,7 @@ def _allreduce_us(numel: int, device, iters: int) -> float:
 
 @torch.enable_grad()
 def _grad_rel_diff(model, tp, ids) -> float:
-    """Largest |sharded - unsharded| gradient of the LM loss, relative to the largest gradient, over
+    """Largest ``abs(sharded - unsharded)`` gradient of the LM loss, relative to the largest gradient, over
     the (replicated) embedding and this rank's slice of the first q_proj: checks Megatron's f and g."""
     grads = []
     for m in (model, tp):
