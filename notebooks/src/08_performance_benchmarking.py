@@ -460,12 +460,14 @@ if None not in recorded.values():
 
 # %% [markdown]
 # Compare the last lines the cell printed. Offline, in Chapter 6, vLLM's engine beat ours on
-# this CPU; served over HTTP on two busy cores the order can flip — the last line says whether it
-# did in the recorded run. The engines are the same in both; the serving architecture is not. `vllm serve` is three
-# processes: the API server, the engine core (the scheduler) and a worker that runs the model,
-# handing every step over through ZeroMQ and shared memory, whose readers poll. That split
-# buys a GPU host an API server that never stalls the scheduler; on two cores shared with other
-# work, every hand-over waits for the operating system to schedule the next process. Our server
+# this CPU; served over HTTP, both also pay for the protocol, the streaming and the hand-overs —
+# the last line says who led in the recorded run. The engines are the same in both; the serving
+# architecture is not. `vllm serve` is three processes: the API server, the engine core (the
+# scheduler) and a worker that runs the model, handing every step over through ZeroMQ and shared
+# memory, whose readers poll. That split buys a GPU host an API server that never stalls the
+# scheduler; on two cores, every hand-over waits for a free core. An earlier recording of this
+# benchmark, made while other jobs kept both cores busy, put vLLM's server *behind* ours; the
+# recorded run here had the machine to itself. Our server
 # is one process: the engine steps in a thread next to the event loop. Both results are true;
 # which one matters depends on where you deploy. That is the chapter's rule in one example: a
 # benchmark answers a question about *a system on a machine*, so name both, and rerun it where
