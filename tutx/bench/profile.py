@@ -49,7 +49,7 @@ def _self_us(evt, cuda: bool) -> float:
 
 
 @contextmanager
-def _quiet_native_stderr():
+def quiet_native_stderr():
     """Silence file descriptor 2 (the profiler's C++ start/stop log lines); Python's ``sys.stderr`` is untouched."""
     try:
         saved = os.dup(2)
@@ -70,7 +70,7 @@ def _run_profiled(fn: Callable, device: torch.device, warmup: int):
     for _ in range(warmup):
         fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with _quiet_native_stderr(), profile(activities=activities) as prof:
+    with quiet_native_stderr(), profile(activities=activities) as prof:
         t0 = time.perf_counter()
         with record_function("step"):
             fn()

@@ -13,10 +13,7 @@ Two measurements, used by ``scripts/engine_graphs.py`` (CPU) and the GPU check
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -24,24 +21,11 @@ import torch
 from tutx.engine.config import EngineConfig
 from tutx.engine.llm_engine import LLMEngine
 from tutx.engine.sampling import SamplingParams
+from tutx.bench.profile import quiet_native_stderr as _quiet_stderr  # the profiler's C++ start/stop lines
 
 
 def _prompts(ids: list[int], batch: int, prompt_len: int) -> list[list[int]]:
     return [ids[(300 * i) % (len(ids) - prompt_len):][:prompt_len] for i in range(batch)]
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2: the profiler's C++ side prints start/stop lines there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _sync(device) -> None:
