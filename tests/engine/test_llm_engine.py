@@ -1,4 +1,5 @@
 """The engine end to end on the tiny LM: greedy output equals Hugging Face ``generate`` token for token."""
+import copy
 import random
 
 import pytest
@@ -58,9 +59,14 @@ def assert_all_blocks_free(engine):
     EngineConfig(),  # plenty of blocks: no preemption
     EngineConfig(block_size=8, num_blocks=21, max_model_len=256),  # tight pool: preemption
     EngineConfig(block_size=4, num_blocks=60, max_model_len=256, enable_prefix_caching=False),
-    EngineConfig(decode_group_size=2),  # decode attention in sorted groups of 2 rows (odd batches too)
-    EngineConfig(decode_group_size=None),  # one SDPA call over the whole batch
-], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group"])
+    # decode attention in sorted groups of 2 rows (odd batches too)
+    EngineConfig(attention_backend="sdpa", decode_group_size=2),
+    EngineConfig(attention_backend="sdpa", decode_group_size=None),  # one SDPA call over the whole batch
+    EngineConfig(attention_backend="cpu"),  # the C paged-decode kernel
+    EngineConfig(prepack_weights=False),  # linear layers as the model's own
+    EngineConfig(attention_backend="sdpa", prepack_weights=False),  # the PyTorch path throughout
+], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group", "cpu-kernel",
+        "no-prepack", "sdpa-unpacked"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)
@@ -194,6 +200,27 @@ def test_triton_backend_through_the_interpreter(tiny, prompts):
     for prompt, n, out in zip(prompts, (4, 3), outs):
         assert out.token_ids == hf_greedy(model, prompt, n)
     assert engine.runner.attention_backend == "triton"
+
+
+def test_backend_choice_and_packed_weights_on_cpu(tiny):
+    """On a CPU "auto" means the C kernel with fp32 weights (linears prepacked), SDPA in groups with bf16."""
+    from tutx.kernels.cpu_build import compiler
+
+    if compiler() is None:
+        pytest.skip("no C compiler to build the CPU kernel")
+    model, tok = tiny
+    runner = LLMEngine(model, tok, EngineConfig()).runner
+    assert runner.attention_backend == "cpu" and runner.decode_group_size is None
+    if torch.backends.mkldnn.is_available():
+        assert len(runner.linear) == 7 * runner.num_layers + 1 and runner.linear.fused
+    assert len(LLMEngine(model, tok, EngineConfig(prepack_weights=False)).runner.linear) == 0
+    sdpa = LLMEngine(model, tok, EngineConfig(attention_backend="sdpa", decode_group_size=4)).runner
+    assert sdpa.attention_backend == "sdpa" and sdpa.decode_group_size == 4
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="attention_backend"):
+        LLMEngine(bf16, tok, EngineConfig(attention_backend="cpu"))
+    auto = LLMEngine(bf16, tok, EngineConfig(decode_group_size=4)).runner
+    assert auto.attention_backend == "sdpa" and auto.decode_group_size == 4  # "auto" resolved to SDPA groups
 
 
 def test_generate_shows_a_progress_bar_and_token_id_prompts(tiny, prompts, capfd):

@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 
 from tutx._validate import check_bool, check_choice, check_optional_int, check_positive_int
 
-BACKENDS = ("auto", "triton", "sdpa")  # decode attention: choose, the Triton kernel, PyTorch SDPA
+BACKENDS = ("auto", "triton", "sdpa", "cpu")  # decode attention: choose, Triton kernel, PyTorch SDPA, C kernel
 
 
 def cdiv(a: int, b: int) -> int:
@@ -23,7 +23,7 @@ class EngineConfig:
       must be >= ``max_model_len`` so that any prompt fits a step).
     - ``max_model_len``: context length (None: the model's ``max_position_embeddings``).
     - ``enable_prefix_caching``: share identical full prompt blocks between requests.
-    - ``attention_backend``: "auto", "triton" or "sdpa" (see :class:`~tutx.engine.ModelRunner`).
+    - ``attention_backend``: "auto", "triton", "sdpa" or "cpu" (see :class:`~tutx.engine.ModelRunner`).
     - ``decode_group_size``: with SDPA decode, sort a step's rows by length and attend in groups
       of this many rows, each gathering only the blocks its longest row needs (None: one group).
     - ``enforce_eager``: False runs decode steps with static shapes (:mod:`tutx.engine.graphs`):
@@ -31,6 +31,8 @@ class EngineConfig:
       sizes ``graph_batch_sizes`` (None: 1, 2, 4, ... up to ``max_num_seqs``); a step of ``B``
       sequences is padded to the next of them. Falls back to eager, with a warning, where it
       cannot run.
+    - ``prepack_weights``: on a CPU, reorder every linear weight once for oneDNN
+      (:mod:`tutx.engine.cpu_linear`); costs a second copy of those weights. Eager steps only.
     """
 
     block_size: int = 16
@@ -43,6 +45,7 @@ class EngineConfig:
     decode_group_size: int | None = 16
     enforce_eager: bool = True
     graph_batch_sizes: tuple | None = None
+    prepack_weights: bool = True
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
@@ -52,6 +55,7 @@ class EngineConfig:
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
         check_bool("enforce_eager", self.enforce_eager)
+        check_bool("prepack_weights", self.prepack_weights)
         if self.graph_batch_sizes is not None:
             if not isinstance(self.graph_batch_sizes, tuple) or not self.graph_batch_sizes:
                 raise TypeError(f"graph_batch_sizes: expected a non-empty tuple of ints or None, "

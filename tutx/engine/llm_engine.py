@@ -45,7 +45,8 @@ class LLMEngine:
         graph_sizes = None if config.enforce_eager else graph_batch_sizes(config.max_num_seqs,
                                                                            config.graph_batch_sizes)
         self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.attention_backend,
-                                  config.decode_group_size, graph_sizes, config.max_model_len)
+                                  config.decode_group_size, graph_sizes, config.max_model_len,
+                                  prepack_weights=config.prepack_weights)
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, frozenset(e for e in eos if e is not None))

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from tutx.engine.attention import gather_kv, store_kv, paged_decode_attention_sdpa, prefill_attention
+from tutx.engine.cpu_linear import PackedLinears
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
+from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu, silu_mul_cpu
+from tutx.kernels.paged_decode_cpu import paged_decode_attention_cpu
 
 from tutx.engine.config import BACKENDS, cdiv
 
@@ -79,9 +82,14 @@ class ModelRunner:
 
     ``attention_backend``: ``"sdpa"`` runs decode attention in PyTorch (gather the pages, one SDPA call),
     ``"triton"`` the :func:`~tutx.kernels.paged_decode.paged_decode_attention` wrapper (the kernel on
-    CUDA, or on CPU under ``TRITON_INTERPRET=1``), ``"auto"`` the kernel on CUDA with fp16/bf16
-    weights and SDPA otherwise (the interpreter is for tests, not a speed path). Sizes and the
-    backend are trusted: :class:`~tutx.engine.EngineConfig` checked them.
+    CUDA, or on CPU under ``TRITON_INTERPRET=1``), ``"cpu"`` the C kernel
+    :func:`~tutx.kernels.paged_decode_cpu.paged_decode_attention_cpu` (fp32 on a CPU, reads the
+    pages in place), ``"auto"`` the Triton kernel on CUDA with fp16/bf16 weights, the C kernel on
+    a CPU with fp32 weights where it builds, and SDPA otherwise (the interpreter is for tests, not
+    a speed path). Sizes and the backend are trusted: :class:`~tutx.engine.EngineConfig` checked them.
+
+    ``prepack_weights``: on a CPU, run every linear layer through weights prepacked for oneDNN
+    (:class:`~tutx.engine.cpu_linear.PackedLinears`) in eager steps.
 
     ``graph_sizes`` (a tuple of batch sizes, with ``max_model_len``) turns on static-shape decode
     steps (:mod:`tutx.engine.graphs`): CUDA graphs on CUDA, ``torch.compile`` elsewhere. The pool
@@ -90,7 +98,7 @@ class ModelRunner:
 
     def __init__(self, model, num_blocks: int, block_size: int, attention_backend: str = "auto",
                  decode_group_size: int | None = None, graph_sizes: tuple | None = None,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, prepack_weights: bool = False):
         check_model(model)
         self.model = model
         self.block_size = block_size
@@ -102,12 +110,9 @@ class ModelRunner:
         self.head_dim = layers[0].self_attn.head_dim
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        if attention_backend == "auto":
-            fast = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
-            attention_backend = "triton" if fast else "sdpa"
-        self.attention_backend = attention_backend
+        self.attention_backend = self._resolve_backend(attention_backend, graph_sizes)
         # SDPA decode pads every row to the longest context of its group: groups of similar lengths pad less.
-        self.decode_group_size = decode_group_size if attention_backend == "sdpa" else None
+        self.decode_group_size = decode_group_size if self.attention_backend == "sdpa" else None
         self.max_model_len = max_model_len or cfg.max_position_embeddings
         self.graphs = None
         if graph_sizes:
@@ -115,16 +120,52 @@ class ModelRunner:
 
             self.graphs = make_decode_graphs(self, graph_sizes, self.device)
             self.decode_group_size = None  # static shapes: one group as wide as the longest context
+        # Packed weights serve eager steps (a compiled step keeps the model's own linear layers).
+        self.linear = PackedLinears(model, prepack_weights and self.device.type == "cpu" and self.graphs is None)
+        for layer in layers:  # projections of the same input run as one product
+            attn, mlp = layer.self_attn, layer.mlp
+            self.linear.fuse((attn.q_proj, attn.k_proj, attn.v_proj))
+            if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                self.linear.fuse((mlp.gate_proj, mlp.up_proj))
+        self.cpu_ops = self._cpu_ops_apply()
+        if self.cpu_ops:  # rotary tables for every position, computed once by the model's own rotary module
+            with torch.inference_mode():
+                positions = torch.arange(self.max_model_len, device=self.device)[None]
+                cos, sin = model.model.rotary_emb(torch.zeros(1, device=self.device, dtype=self.dtype), positions)
+            self.rope_cos, self.rope_sin = cos[0].contiguous(), sin[0].contiguous()  # [max_model_len, D]
         extra = 1 if self.graphs is not None else 0  # the scratch block padded rows write to
         shape = (2, self.num_layers, num_blocks + extra, block_size, self.num_kv_heads, self.head_dim)
         self.kv_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)  # [2, L, N(+1), bs, Hkv, D]
+
+    def _resolve_backend(self, backend: str, graph_sizes) -> str:
+        if backend == "cpu" and (self.device.type != "cpu" or self.dtype != torch.float32):
+            raise ValueError(f"attention_backend: 'cpu' expects float32 weights on a CPU, got {self.dtype} "
+                             f"on {self.device}")
+        if backend == "cpu" and graph_sizes:
+            raise ValueError("attention_backend: 'cpu' (a C kernel called through ctypes) runs in eager steps only; "
+                             "use enforce_eager=True, or attention_backend='sdpa' with enforce_eager=False")
+        if backend == "cpu":  # build it now: a missing compiler fails here, with the compiler's message
+            from tutx.kernels.paged_decode_cpu import _kernel
+
+            _kernel(self.head_dim)
+        if backend != "auto":
+            return backend
+        if self.device.type == "cuda":
+            return "triton" if self.dtype in (torch.float16, torch.bfloat16) else "sdpa"
+        if self.device.type == "cpu" and self.dtype == torch.float32 and not graph_sizes:
+            from tutx.kernels.paged_decode_cpu import cpu_kernel_available  # builds it once (cached)
+
+            if cpu_kernel_available(self.head_dim):
+                return "cpu"
+        return "sdpa"
 
     def __repr__(self) -> str:
         return (f"ModelRunner(model={type(self.model).__name__}, layers={self.num_layers}, "
                 f"heads={self.num_heads}/{self.num_kv_heads} (q/kv), head_dim={self.head_dim}, "
                 f"num_blocks={self.num_blocks}, block_size={self.block_size}, backend={self.attention_backend!r}, "
                 f"kv_cache={self.kv_cache_bytes / 2**20:.1f} MiB {self.dtype} on {self.device}, "
-                f"decode={'eager' if self.graphs is None else type(self.graphs).__name__})")
+                f"decode={'eager' if self.graphs is None else type(self.graphs).__name__}, "
+                f"prepacked_linears={len(self.linear)}, c_glue={self.cpu_ops})")
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -176,13 +217,16 @@ class ModelRunner:
     # -- the forward pass ----------------------------------------------------------------------
     def _attention(self, layer: int, attn, x: torch.Tensor, cos_sin, meta: AttentionMetadata):
         t, d = x.shape[0], self.head_dim
-        q = attn.q_proj(x).view(t, -1, d)  # [T, Hq, D]
-        k = attn.k_proj(x).view(t, -1, d)  # [T, Hkv, D]
-        v = attn.v_proj(x).view(t, -1, d)  # [T, Hkv, D]
+        q, k, v = self.linear.many((attn.q_proj, attn.k_proj, attn.v_proj), x)
+        q, k, v = q.view(t, -1, d), k.view(t, -1, d), v.view(t, -1, d)  # [T, Hq, D], [T, Hkv, D], [T, Hkv, D]
         q, k = apply_rotary(q, k, *cos_sin)
         k_pool, v_pool = self.kv_cache[0, layer], self.kv_cache[1, layer]  # [N, bs, Hkv, D]
         # Write first, read after: a prefill may read blocks another sequence of this batch fills.
         store_kv(k_pool, v_pool, meta.slots, k, v)  # in place (a custom op: torch.compile copies nothing)
+        return self.linear(attn.o_proj, self._attend(attn, q, k, v, k_pool, v_pool, meta).reshape(t, -1))
+
+    def _attend(self, attn, q, k, v, k_pool, v_pool, meta: AttentionMetadata) -> torch.Tensor:
+        """Attention output ``[T, Hq, D]`` once this step's keys and values are in the pools."""
         if meta.is_prefill:
             outs = []
             for start, end, cached, table in meta.spans:
@@ -198,20 +242,70 @@ class ModelRunner:
                                                        meta.lengths[a:b], sm_scale=attn.scaling, validate=False)
                            for a, b, w in meta.groups])  # [B, Hq, D]
         else:
-            attend = paged_decode_attention if self.attention_backend == "triton" else paged_decode_attention_sdpa
+            attend = {"triton": paged_decode_attention, "cpu": paged_decode_attention_cpu}.get(
+                self.attention_backend, paged_decode_attention_sdpa)
             o = attend(q, k_pool, v_pool, meta.block_tables, meta.lengths, sm_scale=attn.scaling,
                        validate=False)  # [B, Hq, D]
-        return attn.o_proj(o.reshape(t, -1))  # [T, hidden]
+        return o
+
+    def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
+        """Llama's gated MLP, ``down(act(gate(x)) * up(x))``, through :attr:`linear` (another MLP runs as itself)."""
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            return mlp(x)
+        gate, up = self.linear.many((mlp.gate_proj, mlp.up_proj), x)
+        return self.linear(mlp.down_proj, mlp.act_fn(gate) * up)
 
     def _layers(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Embedding output ``[T, hidden]`` through every layer (attention ours, the rest the model's)."""
+        if self.cpu_ops:
+            return self._layers_cpu(h, meta)
         inner = self.model.model
         cos, sin = inner.rotary_emb(h, meta.positions[None])  # [1, T, D] each
         cos_sin = (cos[0], sin[0])  # [T, D]
         for i, layer in enumerate(inner.layers):
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos_sin, meta)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
         return h
+
+    def _layers_cpu(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """:meth:`_layers` with the glue in C (:mod:`tutx.kernels.llama_cpu_ops`): each layer is a
+        residual add + RMSNorm, the fused q|k|v product, rotary + KV write, attention, o_proj,
+        add + RMSNorm, the fused gate|up product, SiLU-and-multiply, down_proj."""
+        layers, t, d = self.model.model.layers, h.shape[0], self.head_dim
+        hq, hkv = self.num_heads * d, self.num_kv_heads * d
+        cos, sin = self.rope_cos.index_select(0, meta.positions), self.rope_sin.index_select(0, meta.positions)
+        h = h.contiguous()
+        residual = None  # each layer's MLP output, added to h by the next norm
+        for i, layer in enumerate(layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            x = add_rms_norm_cpu(h, residual, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+            qkv = self.linear.fused_output((attn.q_proj, attn.k_proj, attn.v_proj), x)  # [T, hq + 2 hkv]
+            k_pool, v_pool = self.kv_cache[0, i], self.kv_cache[1, i]
+            rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, self.num_heads, self.num_kv_heads)
+            q, k, v = (qkv[:, a:b].view(t, -1, d) for a, b in ((0, hq), (hq, hq + hkv), (hq + hkv, hq + 2 * hkv)))
+            o = self._attend(attn, q.contiguous(), k, v, k_pool, v_pool, meta)  # [T, Hq, D]
+            norm = layer.post_attention_layernorm
+            x = add_rms_norm_cpu(h, self.linear(attn.o_proj, o.reshape(t, -1)), norm.weight, norm.variance_epsilon)
+            gate_up = self.linear.fused_output((mlp.gate_proj, mlp.up_proj), x)  # [T, 2 * intermediate]
+            residual = self.linear(mlp.down_proj, silu_mul_cpu(gate_up))
+        return h.add_(residual)
+
+    def _cpu_ops_apply(self) -> bool:
+        """Whether :meth:`_layers_cpu` computes exactly this model's layers (plain Llama, fp32 CPU, packed)."""
+        if self.attention_backend != "cpu" or not self.linear.fused:
+            return False
+        cfg = self.model.config
+        if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "mlp_bias", False):
+            return False
+        for layer in self.model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            norms = (layer.input_layernorm, layer.post_attention_layernorm)
+            if not all(hasattr(n, "variance_epsilon") and getattr(n, "weight", None) is not None for n in norms):
+                return False
+            if (attn.q_proj, attn.k_proj, attn.v_proj) not in self.linear.fused or \
+                    (getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)) not in self.linear.fused:
+                return False
+        return True
 
     def decode_logits(self, meta: AttentionMetadata) -> torch.Tensor:
         """A decode step from plain tensors to fp32 logits ``[B, V]``.
@@ -221,7 +315,7 @@ class ModelRunner:
         """
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)
-        return self.model.lm_head(inner.norm(h)).float()
+        return self.linear(self.model.lm_head, inner.norm(h)).float()
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
@@ -241,7 +335,7 @@ class ModelRunner:
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
         h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
-        logits = self.model.lm_head(inner.norm(h)).float()  # [R, V]
+        logits = self.linear(self.model.lm_head, inner.norm(h)).float()  # [R, V]
         if len(meta.logit_rows) == len(seqs):
             return logits
         last, prompt_logits, row = [], [], 0

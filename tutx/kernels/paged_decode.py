@@ -131,7 +131,8 @@ def check_paged_metadata(block_tables, lengths, num_blocks: int, block_size: int
                      f"got {block_tables[b].tolist()} at row {b} (length {n})")
 
 
-def _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool):
+def check_paged_decode_args(q, k_pool, v_pool, block_tables, lengths, num_splits, validate: bool) -> None:
+    """The argument checks of the paged decode wrappers (shapes, dtypes, devices; values when ``validate``)."""
     check_tensor("q", q, 3, "[B, Hq, D]")
     check_tensor("k_pool", k_pool, 4, "[num_blocks, block_size, Hkv, D]")
     check_tensor("v_pool", v_pool, 4, "[num_blocks, block_size, Hkv, D]")
@@ -165,7 +166,7 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, sm_scale: f
     :func:`paged_decode_attention_ref`. ``validate=False`` skips the value checks (a host sync);
     the model runner checks the metadata once per step instead of once per layer.
     """
-    _check(q, k_pool, v_pool, block_tables, lengths, num_splits, validate)
+    check_paged_decode_args(q, k_pool, v_pool, block_tables, lengths, num_splits, validate)
     sm_scale = resolve_scale(sm_scale, q.shape[-1])
     if not use_triton(q, k_pool, v_pool, block_tables, lengths):
         return paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scale, validate=False)
@@ -193,7 +194,7 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, sm_scale: f
 def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
                                validate: bool = True) -> torch.Tensor:
     """Plain PyTorch: gather each sequence's pages into a dense cache, then masked softmax in fp32."""
-    _check(q, k_pool, v_pool, block_tables, lengths, None, validate)
+    check_paged_decode_args(q, k_pool, v_pool, block_tables, lengths, None, validate)
     pages = block_tables.long().clamp(0, k_pool.shape[0] - 1)  # padding entries read block 0, then masked
     k = k_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, M, bs, Hkv, D] -> [B, Hkv, M*bs, D]
     v = v_pool[pages].flatten(1, 2).transpose(1, 2)  # [B, Hkv, M*bs, D]
@@ -204,4 +205,4 @@ def paged_decode_attention_ref(q, k_pool, v_pool, block_tables, lengths, sm_scal
 
 
 __all__ = ["paged_decode_attention", "paged_decode_attention_ref", "paged_decode_attention_kernel",
-           "check_paged_metadata", "check_block_tables"]
+           "check_paged_metadata", "check_block_tables", "check_paged_decode_args"]

@@ -1,0 +1,80 @@
+/* The elementwise glue of a Llama decoder layer on the CPU, one call each instead of 5-14 PyTorch ops.
+ *
+ * A decode step of a small model on a CPU spends as much time dispatching small operators
+ * (each a few microseconds of Python and ATen overhead) as computing them. These three kernels
+ * do that glue in one pass each, in float32, with OpenMP over tokens:
+ *
+ *   tutx_add_rms_norm: h += x (optional), out = weight * (h * 1/sqrt(mean(h^2) + eps))
+ *                      (Hugging Face's LlamaRMSNorm, in its order of operations);
+ *   tutx_rope_store:   rotate q and k in place in the fused q|k|v projection output (rotary
+ *                      embedding, "rotate half" convention) and write k and v into the KV pool slots;
+ *   tutx_silu_mul:     out = silu(gate) * up from the fused gate|up projection output.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void tutx_add_rms_norm(float *h, const float *x, const float *weight, float *out, int64_t T, int64_t H,
+                       float eps, int num_threads)
+{
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (T * H >= 32768)
+    for (int64_t t = 0; t < T; t++) {
+        float *ht = h + t * H;
+        float ss = 0.0f;
+        if (x != NULL) {
+            const float *xt = x + t * H;
+#pragma omp simd reduction(+:ss)
+            for (int64_t i = 0; i < H; i++) {
+                ht[i] += xt[i];
+                ss += ht[i] * ht[i];
+            }
+        } else {
+#pragma omp simd reduction(+:ss)
+            for (int64_t i = 0; i < H; i++) ss += ht[i] * ht[i];
+        }
+        const float r = 1.0f / sqrtf(ss / (float)H + eps);
+        float *ot = out + t * H;
+#pragma omp simd
+        for (int64_t i = 0; i < H; i++) ot[i] = weight[i] * (ht[i] * r);
+    }
+}
+
+/* qkv [T, (Hq + 2 Hkv) * D] (rows contiguous); cos, sin [T, D]; pools [num_slots, Hkv, D]; slots [T]. */
+void tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, float *k_pool, float *v_pool,
+                     const int64_t *slots, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int num_threads)
+{
+    const int64_t half = D / 2, row = (Hq + 2 * Hkv) * D;
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (T * row >= 32768)
+    for (int64_t t = 0; t < T; t++) {
+        float *r = qkv + t * row;
+        const float *c = cos_t + t * D, *s = sin_t + t * D;
+        for (int64_t h = 0; h < Hq + Hkv; h++) {  /* q heads, then k heads */
+            float *x = r + h * D;
+#pragma omp simd
+            for (int64_t i = 0; i < half; i++) {
+                const float x1 = x[i], x2 = x[i + half];
+                x[i] = x1 * c[i] - x2 * s[i];
+                x[i + half] = x2 * c[i + half] + x1 * s[i + half];
+            }
+        }
+        float *kd = k_pool + slots[t] * Hkv * D, *vd = v_pool + slots[t] * Hkv * D;
+        const float *ks = r + Hq * D, *vs = r + (Hq + Hkv) * D;
+#pragma omp simd
+        for (int64_t i = 0; i < Hkv * D; i++) {
+            kd[i] = ks[i];
+            vd[i] = vs[i];
+        }
+    }
+}
+
+/* gate_up [T, 2 I] (gate then up); out [T, I]. */
+void tutx_silu_mul(const float *gate_up, float *out, int64_t T, int64_t I, int num_threads)
+{
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (T * I >= 32768)
+    for (int64_t t = 0; t < T; t++) {
+        const float *g = gate_up + t * 2 * I, *u = g + I;
+        float *o = out + t * I;
+#pragma omp simd
+        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}

@@ -1,0 +1,77 @@
+"""Paged decode attention on the CPU: a C kernel that reads the KV pool in place.
+
+On a GPU the paged kernel (:mod:`tutx.kernels.paged_decode`) saves memory; on a CPU the cost it
+removes is a *copy*. The PyTorch path (:func:`tutx.engine.attention.paged_decode_attention_sdpa`)
+gathers every sequence's pages into a dense ``[B, Hkv, S, D]`` tensor, pads all rows to the
+longest, then calls SDPA: for a decode step of a few dozen sequences that copy moves megabytes per
+layer and costs more than the arithmetic. The kernel here walks each sequence's block table and
+reads its key and value rows where they are, as vLLM's CPU backend does.
+
+The triple: the kernel ``csrc/paged_decode_cpu.c`` (C, OpenMP over (sequence, KV head), compiled
+on first use for this CPU and head dimension by :mod:`tutx.kernels.cpu_build`), the wrapper
+:func:`paged_decode_attention_cpu`, and the reference
+:func:`~tutx.kernels.paged_decode.paged_decode_attention_ref`. fp32 only.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from tutx.kernels._attention_common import resolve_scale
+from tutx.kernels.cpu_build import KernelBuildError, build
+from tutx.kernels.paged_decode import check_paged_decode_args
+
+_ARGTYPES = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+MAX_GROUP = 64  # query heads per KV head the kernel holds on its stack
+
+
+@functools.lru_cache(maxsize=None)  # build() hashes the source and asks the compiler its version
+def _kernel(head_dim: int):
+    fn = build("paged_decode_cpu.c", {"HEAD_DIM": head_dim}).tutx_paged_decode_f32
+    fn.argtypes, fn.restype = _ARGTYPES, ctypes.c_int
+    return fn
+
+
+def cpu_kernel_available(head_dim: int) -> bool:
+    """Whether the kernel builds (a C compiler is there and the build works) for this head dimension."""
+    try:
+        _kernel(head_dim)
+        return True
+    except KernelBuildError:
+        return False
+
+
+def paged_decode_attention_cpu(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                               validate: bool = True) -> torch.Tensor:
+    """Attention of ``q [B, Hq, D]`` over the first ``lengths[b]`` tokens of each paged cache: ``[B, Hq, D]``.
+
+    Same arguments and result (to rounding) as
+    :func:`~tutx.kernels.paged_decode.paged_decode_attention`; CPU float32 tensors only, the pools
+    contiguous. Raises :class:`~tutx.kernels.cpu_build.KernelBuildError` when the kernel cannot
+    be built. ``validate=False`` skips the value checks of the tables and lengths (the engine
+    checks them once per step): out-of-range values would read outside the pool.
+    """
+    check_paged_decode_args(q, k_pool, v_pool, block_tables, lengths, None, validate)
+    for name, t in (("q", q), ("k_pool", k_pool), ("v_pool", v_pool)):
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            raise TypeError(f"{name}: expected a float32 CPU tensor, got {t.dtype} on {t.device}")
+    if not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        raise ValueError("k_pool, v_pool: expected contiguous pools [num_blocks, block_size, Hkv, D]")
+    (b, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
+    if hq // hkv > MAX_GROUP:
+        raise ValueError(f"q: expected at most {MAX_GROUP} query heads per KV head, got {hq // hkv}")
+    scale = resolve_scale(sm_scale, d)
+    q = q.contiguous()
+    tables = block_tables.to(torch.int32).contiguous()  # [B, W]
+    lens = lengths.to(torch.int32).contiguous()  # [B]
+    out = torch.empty_like(q)  # [B, Hq, D]
+    status = _kernel(d)(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+                        out.data_ptr(), b, hq, hkv, d, block_size, tables.shape[1], scale, torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"paged_decode_cpu kernel failed (status {status}: 1 = bad shapes, 2 = out of memory)")
+    return out
+
+
+__all__ = ["paged_decode_attention_cpu", "cpu_kernel_available", "MAX_GROUP"]
