@@ -23,11 +23,18 @@ _P, _I, _F, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 def _lib():
     lib = build("llama_cpu_ops.c")
     lib.tutx_add_rms_norm.argtypes = [_P, _P, _P, _P, _I, _I, _F, _N]
-    lib.tutx_rope_store.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _N]
+    lib.tutx_rope_store.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _N]
+    lib.tutx_rope_store.restype = _I  # -1, or the first token whose slot is outside the pools
     lib.tutx_silu_mul.argtypes = [_P, _P, _I, _I, _N]
-    for fn in (lib.tutx_add_rms_norm, lib.tutx_rope_store, lib.tutx_silu_mul):
+    for fn in (lib.tutx_add_rms_norm, lib.tutx_silu_mul):
         fn.restype = None
     return lib
+
+
+def _rows(name: str, t: torch.Tensor) -> tuple[int, int]:
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D tensor [T, ...], got shape {tuple(t.shape)}")
+    return tuple(t.shape)
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple) -> None:
@@ -40,7 +47,7 @@ def _check(name: str, t: torch.Tensor, shape: tuple) -> None:
 
 def add_rms_norm_cpu(h: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``h += x`` in place (skipped when ``x`` is None), then RMSNorm of ``h`` ``[T, H]`` with ``weight [H]``."""
-    t, hidden = h.shape
+    t, hidden = _rows("h", h)
     _check("h", h, (t, hidden))
     if x is not None:
         _check("x", x, (t, hidden))
@@ -64,10 +71,13 @@ def rope_store_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_po
 
     ``cos``, ``sin``: ``[T, D]`` (Hugging Face's rotary tables for each token's position); pools
     ``[num_blocks, block_size, Hkv, D]``, contiguous; a slot is ``block * block_size + offset``.
+    Raises ValueError, touching nothing, for a slot outside the pools or an odd head dim ``D``.
     """
-    t, width = qkv.shape
+    t, width = _rows("qkv", qkv)
     d = width // (num_heads + 2 * num_kv_heads)
     _check("qkv", qkv, (t, (num_heads + 2 * num_kv_heads) * d))
+    if d % 2:
+        raise ValueError(f"qkv: the rotary needs an even head dim, got {d}")
     _check("cos", cos, (t, d))
     _check("sin", sin, (t, d))
     _check("k_pool", k_pool, tuple(k_pool.shape))
@@ -77,8 +87,12 @@ def rope_store_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_po
     if slots.dtype != torch.int64 or slots.shape != (t,) or not slots.is_contiguous():
         raise ValueError(f"slots: expected a contiguous int64 tensor of shape ({t},), got {slots.dtype} "
                          f"{tuple(slots.shape)}")
-    _lib().tutx_rope_store(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(),
-                           slots.data_ptr(), t, num_heads, num_kv_heads, d, torch.get_num_threads())
+    num_slots = k_pool.shape[0] * k_pool.shape[1]
+    bad = _lib().tutx_rope_store(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_pool.data_ptr(),
+                                 v_pool.data_ptr(), slots.data_ptr(), num_slots, t, num_heads, num_kv_heads, d,
+                                 torch.get_num_threads())
+    if bad >= 0:
+        raise ValueError(f"slots: slot {int(slots[bad])} of token {bad} is outside the pools' {num_slots} slots")
 
 
 def rope_store_ref(qkv, cos, sin, k_pool, v_pool, slots, num_heads: int, num_kv_heads: int) -> None:
@@ -95,7 +109,7 @@ def rope_store_ref(qkv, cos, sin, k_pool, v_pool, slots, num_heads: int, num_kv_
 
 def silu_mul_cpu(gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for ``gate_up [T, 2 I]`` (gate first): ``[T, I]``."""
-    t, two_i = gate_up.shape
+    t, two_i = _rows("gate_up", gate_up)
     _check("gate_up", gate_up, (t, two_i))
     if two_i % 2:
         raise ValueError(f"gate_up: expected an even last dimension (gate then up), got {two_i}")

@@ -39,10 +39,14 @@ void tutx_add_rms_norm(float *h, const float *x, const float *weight, float *out
     }
 }
 
-/* qkv [T, (Hq + 2 Hkv) * D] (rows contiguous); cos, sin [T, D]; pools [num_slots, Hkv, D]; slots [T]. */
-void tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, float *k_pool, float *v_pool,
-                     const int64_t *slots, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int num_threads)
+/* qkv [T, (Hq + 2 Hkv) * D] (rows contiguous); cos, sin [T, D]; pools [num_slots, Hkv, D]; slots [T].
+ * Returns -1, or (touching nothing) the first t whose slot lies outside [0, num_slots). */
+int64_t tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, float *k_pool, float *v_pool,
+                        const int64_t *slots, int64_t num_slots, int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
+                        int num_threads)
 {
+    for (int64_t t = 0; t < T; t++)
+        if (slots[t] < 0 || slots[t] >= num_slots) return t;
     const int64_t half = D / 2, row = (Hq + 2 * Hkv) * D;
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (T * row >= 32768)
     for (int64_t t = 0; t < T; t++) {
@@ -65,9 +69,11 @@ void tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, float *
             vd[i] = vs[i];
         }
     }
+    return -1;
 }
 
-/* gate_up [T, 2 I] (gate then up); out [T, I]. */
+/* gate_up [T, 2 I] (gate then up); out [T, I]. The exponent is clamped: under -ffast-math the division
+ * is a reciprocal estimate and a Newton step, which turns 1/inf (a gate below about -88.7) into NaN. */
 void tutx_silu_mul(const float *gate_up, float *out, int64_t T, int64_t I, int num_threads)
 {
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (T * I >= 32768)
@@ -75,6 +81,6 @@ void tutx_silu_mul(const float *gate_up, float *out, int64_t T, int64_t I, int n
         const float *g = gate_up + t * 2 * I, *u = g + I;
         float *o = out + t * I;
 #pragma omp simd
-        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(fminf(-g[i], 80.0f))) * u[i];
     }
 }
