@@ -128,6 +128,14 @@ class ModelRunner:
             if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
                 self.linear.fuse((mlp.gate_proj, mlp.up_proj))
         self.cpu_ops = self._cpu_ops_apply()
+        if self.cpu_ops:  # what each layer's C path touches, looked up once (module attribute access is slow)
+            self._cpu_layers = [
+                (layer.self_attn,
+                 (layer.input_layernorm.weight.detach().contiguous(), layer.input_layernorm.variance_epsilon),
+                 (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj), layer.self_attn.o_proj,
+                 (layer.post_attention_layernorm.weight.detach().contiguous(),
+                  layer.post_attention_layernorm.variance_epsilon),
+                 (layer.mlp.gate_proj, layer.mlp.up_proj), layer.mlp.down_proj) for layer in layers]
         if self.cpu_ops:  # rotary tables for every position, computed once by the model's own rotary module
             with torch.inference_mode():
                 positions = torch.arange(self.max_model_len, device=self.device)[None]
@@ -270,24 +278,31 @@ class ModelRunner:
     def _layers_cpu(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """:meth:`_layers` with the glue in C (:mod:`tutx.kernels.llama_cpu_ops`): each layer is a
         residual add + RMSNorm, the fused q|k|v product, rotary + KV write, attention, o_proj,
-        add + RMSNorm, the fused gate|up product, SiLU-and-multiply, down_proj."""
-        layers, t, d = self.model.model.layers, h.shape[0], self.head_dim
-        hq, hkv = self.num_heads * d, self.num_kv_heads * d
+        add + RMSNorm, the fused gate|up product, SiLU-and-multiply, down_proj. The tensors are the
+        runner's own, so the kernels run without their argument checks (``trusted=True``)."""
+        t, d, hq, hkv = h.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
         cos, sin = self.rope_cos.index_select(0, meta.positions), self.rope_sin.index_select(0, meta.positions)
+        fast_decode = not meta.is_prefill and self.decode_group_size is None
+        if fast_decode:
+            tables, lengths = meta.block_tables.contiguous(), meta.lengths.contiguous()
         h = h.contiguous()
         residual = None  # each layer's MLP output, added to h by the next norm
-        for i, layer in enumerate(layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            x = add_rms_norm_cpu(h, residual, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            qkv = self.linear.fused_output((attn.q_proj, attn.k_proj, attn.v_proj), x)  # [T, hq + 2 hkv]
+        for i, (attn, (w_in, eps_in), qkv_group, o_proj, (w_post, eps_post), gate_up_group, down_proj) \
+                in enumerate(self._cpu_layers):
+            x = add_rms_norm_cpu(h, residual, w_in, eps_in, trusted=True)
+            qkv = self.linear.fused_output(qkv_group, x)  # [T, (Hq + 2 Hkv) * D]
             k_pool, v_pool = self.kv_cache[0, i], self.kv_cache[1, i]
-            rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, self.num_heads, self.num_kv_heads)
-            q, k, v = (qkv[:, a:b].view(t, -1, d) for a, b in ((0, hq), (hq, hq + hkv), (hq + hkv, hq + 2 * hkv)))
-            o = self._attend(attn, q.contiguous(), k, v, k_pool, v_pool, meta)  # [T, Hq, D]
-            norm = layer.post_attention_layernorm
-            x = add_rms_norm_cpu(h, self.linear(attn.o_proj, o.reshape(t, -1)), norm.weight, norm.variance_epsilon)
-            gate_up = self.linear.fused_output((mlp.gate_proj, mlp.up_proj), x)  # [T, 2 * intermediate]
-            residual = self.linear(mlp.down_proj, silu_mul_cpu(gate_up))
+            rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, hq, hkv, trusted=True)
+            q = qkv[:, :hq * d].view(t, hq, d)
+            if fast_decode:
+                o = paged_decode_attention_cpu(q.contiguous(), k_pool, v_pool, tables, lengths,
+                                               sm_scale=attn.scaling, validate=False, trusted=True)
+            else:
+                k = qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d)
+                v = qkv[:, (hq + hkv) * d:].view(t, hkv, d)
+                o = self._attend(attn, q.contiguous(), k, v, k_pool, v_pool, meta)  # [T, Hq, D]
+            x = add_rms_norm_cpu(h, self.linear(o_proj, o.reshape(t, -1)), w_post, eps_post, trusted=True)
+            residual = self.linear(down_proj, silu_mul_cpu(self.linear.fused_output(gate_up_group, x), trusted=True))
         return h.add_(residual)
 
     def _cpu_ops_apply(self) -> bool:

@@ -43,29 +43,38 @@ def cpu_kernel_available(head_dim: int) -> bool:
         return False
 
 
-def paged_decode_attention_cpu(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
-                               validate: bool = True) -> torch.Tensor:
-    """Attention of ``q [B, Hq, D]`` over the first ``lengths[b]`` tokens of each paged cache: ``[B, Hq, D]``.
-
-    Same arguments and result (to rounding) as
-    :func:`~tutx.kernels.paged_decode.paged_decode_attention`; CPU float32 tensors only, the pools
-    contiguous. Raises :class:`~tutx.kernels.cpu_build.KernelBuildError` when the kernel cannot
-    be built. ``validate=False`` skips the value checks of the tables and lengths (the engine
-    checks them once per step): out-of-range values would read outside the pool.
-    """
+def _check_args(q, k_pool, v_pool, block_tables, lengths, validate: bool) -> None:
     check_paged_decode_args(q, k_pool, v_pool, block_tables, lengths, None, validate)
     for name, t in (("q", q), ("k_pool", k_pool), ("v_pool", v_pool)):
         if t.device.type != "cpu" or t.dtype != torch.float32:
             raise TypeError(f"{name}: expected a float32 CPU tensor, got {t.dtype} on {t.device}")
     if not (k_pool.is_contiguous() and v_pool.is_contiguous()):
         raise ValueError("k_pool, v_pool: expected contiguous pools [num_blocks, block_size, Hkv, D]")
-    (b, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
+    hq, hkv = q.shape[1], k_pool.shape[2]
     if hq // hkv > MAX_GROUP:
         raise ValueError(f"q: expected at most {MAX_GROUP} query heads per KV head, got {hq // hkv}")
+
+
+def paged_decode_attention_cpu(q, k_pool, v_pool, block_tables, lengths, sm_scale: float | None = None,
+                               validate: bool = True, trusted: bool = False) -> torch.Tensor:
+    """Attention of ``q [B, Hq, D]`` over the first ``lengths[b]`` tokens of each paged cache: ``[B, Hq, D]``.
+
+    Same arguments and result (to rounding) as
+    :func:`~tutx.kernels.paged_decode.paged_decode_attention`; CPU float32 tensors only, the pools
+    contiguous. Raises :class:`~tutx.kernels.cpu_build.KernelBuildError` when the kernel cannot
+    be built. ``validate=False`` skips the value checks of the tables and lengths (the engine
+    checks them once per step): out-of-range values would read outside the pool. ``trusted=True``
+    skips the shape and type checks too (the engine's contiguous int32 tables and lengths, fp32
+    contiguous q and pools).
+    """
+    if not trusted:
+        _check_args(q, k_pool, v_pool, block_tables, lengths, validate)
+        q = q.contiguous()
+        block_tables = block_tables.to(torch.int32).contiguous()  # [B, W]
+        lengths = lengths.to(torch.int32).contiguous()  # [B]
+    (b, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
     scale = resolve_scale(sm_scale, d)
-    q = q.contiguous()
-    tables = block_tables.to(torch.int32).contiguous()  # [B, W]
-    lens = lengths.to(torch.int32).contiguous()  # [B]
+    tables, lens = block_tables, lengths
     out = torch.empty_like(q)  # [B, Hq, D]
     status = _kernel(d)(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
                         out.data_ptr(), b, hq, hkv, d, block_size, tables.shape[1], scale, torch.get_num_threads())
