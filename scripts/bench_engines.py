@@ -119,6 +119,8 @@ def _run_tutx(state, work) -> dict:
     if "engine" not in state:
         state["engine"] = LLMEngine(state["model"], state["tok"], EngineConfig(max_num_seqs=64))
     engine = state["engine"]
+    if not engine.reset_prefix_cache():  # every run pays for its prompts (prefix sharing within a run still counts)
+        raise RuntimeError("tutx: requests still running before a run")
     clock = _Clock(len(work["prompts"]))
     for i, (p, n) in enumerate(zip(work["prompts"], work["output_lens"])):
         engine.add_request(p, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), request_id=str(i))
@@ -136,6 +138,8 @@ def _run_vllm(state, work) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     engine = state["llm"].llm_engine
+    if not engine.reset_prefix_cache():  # as for ours: no prompt is cached from an earlier run
+        raise RuntimeError("vllm: reset_prefix_cache refused (requests still running)")
     clock = _Clock(len(work["prompts"]))
     for i, (p, n) in enumerate(zip(work["prompts"], work["output_lens"])):
         engine.add_request(f"{state['round']}-{i}", TokensPrompt(prompt_token_ids=p),

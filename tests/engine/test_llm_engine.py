@@ -104,6 +104,15 @@ def test_prefix_sharing(tiny, ids):
     for prompt, n, out in ((a, 20, out_a), (b, 15, out_b), (c, 10, out_c)):
         assert out.token_ids == hf_greedy(model, prompt, n)
     assert_all_blocks_free(engine)
+    engine.add_request(c, greedy(3))
+    engine.step()  # c is running: its blocks are in use, so the cache stays
+    assert engine.reset_prefix_cache() is False and engine.block_manager.hash_to_block
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.reset_prefix_cache() is True and not engine.block_manager.hash_to_block
+    out_c2, = engine.generate([c], greedy(10), progress=False)  # nothing cached any more
+    assert out_c2.num_cached_tokens == 0 and out_c2.token_ids == out_c.token_ids
+    assert_all_blocks_free(engine)
 
 
 def test_random_aborts_free_everything_and_leave_others_intact(tiny, prompts):

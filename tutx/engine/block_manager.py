@@ -58,6 +58,18 @@ class BlockManager:
     def num_free_blocks(self) -> int:
         return len(self.free_block_ids)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix, as after a restart; only when no block is in use (else False).
+
+        Benchmarks call it between runs, so that a repeated workload pays for its prompts again.
+        """
+        if self.num_free_blocks != self.num_blocks:
+            return False
+        for block in self.blocks:
+            block.hash, block.token_ids = None, ()
+        self.hash_to_block.clear()
+        return True
+
     # -- internals ---------------------------------------------------------------------------
     def _take_free_block(self) -> int:
         """Pop the least recently freed block; it forgets its old content (and hash entry)."""

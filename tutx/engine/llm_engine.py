@@ -161,6 +161,10 @@ class LLMEngine:
         self.scheduler.abort(seq)
         self._release(seq)
 
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached prompt block (vLLM's ``reset_prefix_cache``); False while requests run."""
+        return self.block_manager.reset_prefix_cache()
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 

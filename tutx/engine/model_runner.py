@@ -23,7 +23,7 @@ from tutx.engine.cpu_linear import PackedLinears
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
 from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu, silu_mul_cpu
-from tutx.kernels.paged_decode_cpu import paged_decode_attention_cpu
+from tutx.kernels.paged_decode_cpu import paged_decode_attention_cpu, paged_prefill_attention_cpu
 
 from tutx.engine.config import BACKENDS, cdiv
 
@@ -61,6 +61,7 @@ class AttentionMetadata:
     lengths: torch.Tensor | None = None
     groups: list | None = None
     unsort: torch.Tensor | None = None
+    prefill_seqs: list | None = None
 
 
 def check_model(model) -> None:
@@ -197,7 +198,7 @@ class ModelRunner:
             rows += range(start, start + len(new)) if seq.wants_prompt_logits else [start + len(new) - 1]
             start += len(new)
         return AttentionMetadata(True, self._tensor(ids), self._tensor(positions), self._tensor(slots),
-                                 spans=spans, logit_rows=self._tensor(rows))
+                                 spans=spans, logit_rows=self._tensor(rows), prefill_seqs=seqs)
 
     def _prepare_decode(self, seqs: list[Sequence]) -> AttentionMetadata:
         """Each sequence's last token, which attends over all ``len(seq)`` positions.
@@ -285,6 +286,8 @@ class ModelRunner:
         fast_decode = not meta.is_prefill and self.decode_group_size is None
         if fast_decode:
             tables, lengths = meta.block_tables.contiguous(), meta.lengths.contiguous()
+        elif meta.is_prefill:  # one kernel call for every prompt: token at position p attends to p + 1 tokens
+            tables, row_table, lengths = self._prefill_tables(meta)
         h = h.contiguous()
         residual = None  # each layer's MLP output, added to h by the next norm
         for i, (attn, (w_in, eps_in), qkv_group, o_proj, (w_post, eps_post), gate_up_group, down_proj) \
@@ -297,6 +300,9 @@ class ModelRunner:
             if fast_decode:
                 o = paged_decode_attention_cpu(q.contiguous(), k_pool, v_pool, tables, lengths,
                                                sm_scale=attn.scaling, validate=False, trusted=True)
+            elif meta.is_prefill:
+                o = paged_prefill_attention_cpu(q.contiguous(), k_pool, v_pool, tables, row_table, lengths,
+                                                sm_scale=attn.scaling, trusted=True)
             else:
                 k = qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d)
                 v = qkv[:, (hq + hkv) * d:].view(t, hkv, d)
@@ -304,6 +310,15 @@ class ModelRunner:
             x = add_rms_norm_cpu(h, self.linear(o_proj, o.reshape(t, -1)), w_post, eps_post, trusted=True)
             residual = self.linear(down_proj, silu_mul_cpu(self.linear.fused_output(gate_up_group, x), trusted=True))
         return h.add_(residual)
+
+    def _prefill_tables(self, meta: AttentionMetadata):
+        """The C prefill's metadata: block tables ``[S, W]``, each token's sequence ``[T]`` and length ``[T]``."""
+        seqs = meta.prefill_seqs
+        width = max(len(s.block_table) for s in seqs)
+        tables = self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], torch.int32)
+        counts = self._tensor([end - start for start, end, _, _ in meta.spans])
+        row_table = torch.repeat_interleave(torch.arange(len(seqs), dtype=torch.int32, device=self.device), counts)
+        return tables, row_table, (meta.positions + 1).to(torch.int32)
 
     def _cpu_ops_apply(self) -> bool:
         """Whether :meth:`_layers_cpu` computes exactly this model's layers (plain Llama, fp32 CPU, packed)."""

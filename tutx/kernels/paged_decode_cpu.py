@@ -23,15 +23,16 @@ from tutx.kernels._attention_common import resolve_scale
 from tutx.kernels.cpu_build import KernelBuildError, build
 from tutx.kernels.paged_decode import check_paged_decode_args
 
-_ARGTYPES = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+_ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
 MAX_GROUP = 64  # query heads per KV head the kernel holds on its stack
 
 
 @functools.lru_cache(maxsize=None)  # build() hashes the source and asks the compiler its version
 def _kernel(head_dim: int):
-    fn = build("paged_decode_cpu.c", {"HEAD_DIM": head_dim}).tutx_paged_decode_f32
-    fn.argtypes, fn.restype = _ARGTYPES, ctypes.c_int
-    return fn
+    """The library for this head dimension, its argument types set."""
+    lib = build("paged_decode_cpu.c", {"HEAD_DIM": head_dim})
+    lib.tutx_paged_decode_f32.argtypes, lib.tutx_paged_decode_f32.restype = _ARGTYPES, ctypes.c_int
+    return lib
 
 
 def cpu_kernel_available(head_dim: int) -> bool:
@@ -74,13 +75,46 @@ def paged_decode_attention_cpu(q, k_pool, v_pool, block_tables, lengths, sm_scal
         lengths = lengths.to(torch.int32).contiguous()  # [B]
     (b, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
     scale = resolve_scale(sm_scale, d)
-    tables, lens = block_tables, lengths
+    tables, lens, table_of_row = block_tables, lengths, None
     out = torch.empty_like(q)  # [B, Hq, D]
-    status = _kernel(d)(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+    status = _kernel(d).tutx_paged_decode_f32(q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(),
+                        None if table_of_row is None else table_of_row.data_ptr(), lens.data_ptr(),
                         out.data_ptr(), b, hq, hkv, d, block_size, tables.shape[1], scale, torch.get_num_threads())
     if status:
         raise RuntimeError(f"paged_decode_cpu kernel failed (status {status}: 1 = bad shapes, 2 = out of memory)")
     return out
 
 
-__all__ = ["paged_decode_attention_cpu", "cpu_kernel_available", "MAX_GROUP"]
+def paged_prefill_attention_cpu(q, k_pool, v_pool, block_tables, table_of_row, lengths,
+                                sm_scale: float | None = None, trusted: bool = False) -> torch.Tensor:
+    """Causal attention of a prefill's tokens over the paged cache, every sequence of the step in one call.
+
+    Row ``r`` of ``q [T, Hq, D]`` (a prompt token) attends to the first ``lengths[r]`` tokens of
+    sequence ``table_of_row[r]``, whose pages are ``block_tables[table_of_row[r]]``: with the
+    step's keys and values already in the pool, a token at position ``p`` has length ``p + 1`` —
+    causal attention over cached prefix and new tokens alike, with no gather. The same kernel as
+    :func:`paged_decode_attention_cpu`, each token a row. ``block_tables [S, W]``,
+    ``table_of_row [T]`` and ``lengths [T]`` are int32; ``trusted=True`` skips the checks (the
+    engine's own tensors). (A kernel tiled over query rows, sharing each chunk of keys among 16
+    of them, was tried and ran 2x slower than this one: PERF_NOTES.md.)
+    """
+    if not trusted:
+        if table_of_row.shape != (q.shape[0],):
+            raise ValueError(f"table_of_row: expected shape ({q.shape[0]},), got {tuple(table_of_row.shape)}")
+        if table_of_row.numel() and not 0 <= int(table_of_row.min()) <= int(table_of_row.max()) < block_tables.shape[0]:
+            raise ValueError(f"table_of_row: expected values in [0, {block_tables.shape[0]}), got {table_of_row.tolist()}")
+        _check_args(q, k_pool, v_pool, block_tables[table_of_row.long()], lengths, True)
+        q = q.contiguous()
+        block_tables, table_of_row, lengths = (x.to(torch.int32).contiguous() for x in (block_tables, table_of_row, lengths))
+    (t, hq, d), (block_size, hkv) = q.shape, k_pool.shape[1:3]
+    out = torch.empty_like(q)  # [T, Hq, D]
+    status = _kernel(d).tutx_paged_decode_f32(
+        q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), block_tables.data_ptr(), table_of_row.data_ptr(),
+        lengths.data_ptr(), out.data_ptr(), t, hq, hkv, d, block_size, block_tables.shape[1],
+        resolve_scale(sm_scale, d), torch.get_num_threads())
+    if status:
+        raise RuntimeError(f"paged_decode_cpu kernel failed (status {status}: 1 = bad shapes, 2 = out of memory)")
+    return out
+
+
+__all__ = ["paged_decode_attention_cpu", "paged_prefill_attention_cpu", "cpu_kernel_available", "MAX_GROUP"]

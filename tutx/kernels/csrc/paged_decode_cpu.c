@@ -2,6 +2,8 @@
  *
  * One query token per sequence. q [B, Hq, D]; k_pool, v_pool [num_blocks, block_size, Hkv, D];
  * block_tables [B, W] (int32; entries past ceil(length / block_size) are never read);
+ * table_of_row [B] (int32) or NULL: row b reads block_tables[table_of_row[b]] (rows of one prompt
+ * share their sequence's table: a prefill is B = its tokens, each attending to its own length);
  * lengths [B] (int32, in [1, W * block_size]); out [B, Hq, D]. All float32, contiguous.
  *
  * Work item = (sequence b, KV head h): its G = Hq / Hkv query heads share every key and value
@@ -25,7 +27,8 @@
 #endif
 
 int tutx_paged_decode_f32(const float *q, const float *k_pool, const float *v_pool,
-                          const int32_t *block_tables, const int32_t *lengths, float *out,
+                          const int32_t *block_tables, const int32_t *table_of_row, const int32_t *lengths,
+                          float *out,
                           int64_t B, int64_t Hq, int64_t Hkv, int64_t head_dim, int64_t block_size, int64_t W,
                           float scale, int num_threads)
 {
@@ -44,7 +47,7 @@ int tutx_paged_decode_f32(const float *q, const float *k_pool, const float *v_po
             if (scores == NULL) continue;
             const int64_t b = item / Hkv, h = item % Hkv;
             const int64_t L = lengths[b];
-            const int32_t *table = block_tables + b * W;
+            const int32_t *table = block_tables + (table_of_row ? (int64_t)table_of_row[b] : b) * W;
             const float *qb = q + (b * Hq + h * G) * D;  /* the group's G query rows */
             float mx[MAX_GROUP];
             for (int64_t g = 0; g < G; g++) mx[g] = -FLT_MAX;
@@ -95,3 +98,4 @@ int tutx_paged_decode_f32(const float *q, const float *k_pool, const float *v_po
     }
     return status;
 }
+
