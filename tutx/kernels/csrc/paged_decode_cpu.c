@@ -26,9 +26,10 @@
 #error "HEAD_DIM must be defined (-DHEAD_DIM=...)"
 #endif
 
-int tutx_paged_decode_f32(const float *q, const float *k_pool, const float *v_pool,
-                          const int32_t *block_tables, const int32_t *table_of_row, const int32_t *lengths,
-                          float *out,
+int tutx_paged_decode_f32(const float *restrict q, const float *restrict k_pool, const float *restrict v_pool,
+                          const int32_t *restrict block_tables, const int32_t *restrict table_of_row,
+                          const int32_t *restrict lengths,
+                          float *restrict out,
                           int64_t B, int64_t Hq, int64_t Hkv, int64_t head_dim, int64_t block_size, int64_t W,
                           float scale, int num_threads)
 {
