@@ -30,6 +30,34 @@ def test_prefill_admits_fcfs_within_token_budget_then_decodes():
     assert not is_prefill and batch == [a, b, c]
 
 
+def test_mixed_step_decodes_the_running_then_admits_into_the_rest_of_the_budget():
+    sched = make(max_tokens=20)
+    a, b, c = seq(8, 0), seq(10, 100), seq(5, 200)
+    sched.add(a)
+    assert sched.schedule_mixed() == ([], [a])  # nothing runs yet: a plain prefill
+    a.append_token(1)
+    sched.add(b)
+    sched.add(c)
+    decode, prefill = sched.schedule_mixed()  # a decodes (1 token); b (10) fits, c (5) would make 16
+    assert decode == [a] and prefill == [b, c]
+    assert list(sched.running) == [a, b, c] and not sched.waiting
+    for s in (b, c):
+        s.append_token(1)
+    a.append_token(2)
+    assert sched.schedule_mixed() == ([a, b, c], [])
+
+
+def test_mixed_step_keeps_the_budget_for_prompts():
+    sched = make(max_tokens=10)
+    a, b = seq(8, 0), seq(10, 100)
+    sched.add(a)
+    sched.schedule_mixed()
+    a.append_token(1)
+    sched.add(b)
+    assert sched.schedule_mixed() == ([a], [])  # 1 decode token + 10 prompt tokens > 10: b waits
+    assert list(sched.waiting) == [b]
+
+
 def test_max_num_seqs_limits_running():
     sched = make(max_num_seqs=2)
     seqs = [seq(2, 10 * i) for i in range(3)]

@@ -65,8 +65,11 @@ def assert_all_blocks_free(engine):
     EngineConfig(attention_backend="cpu"),  # the C paged-decode kernel
     EngineConfig(prepack_weights=False),  # linear layers as the model's own
     EngineConfig(attention_backend="sdpa", prepack_weights=False),  # the PyTorch path throughout
+    EngineConfig(mixed_batches=True),  # decode and prefill in one step
+    EngineConfig(block_size=8, num_blocks=21, max_model_len=256, mixed_batches=True),  # ... with preemption
+    EngineConfig(mixed_batches=True, attention_backend="sdpa", prepack_weights=False),  # ... in PyTorch
 ], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group", "cpu-kernel",
-        "no-prepack", "sdpa-unpacked"])
+        "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)
@@ -112,6 +115,26 @@ def test_prefix_sharing(tiny, ids):
     assert engine.reset_prefix_cache() is True and not engine.block_manager.hash_to_block
     out_c2, = engine.generate([c], greedy(10), progress=False)  # nothing cached any more
     assert out_c2.num_cached_tokens == 0 and out_c2.token_ids == out_c.token_ids
+    assert_all_blocks_free(engine)
+
+
+def test_mixed_steps_prefill_newcomers_while_others_decode(tiny, prompts):
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(mixed_batches=True))
+    first = [engine.add_request(p, greedy(12)) for p in prompts[:2]]
+    kinds = []
+    engine.add_step_hook(lambda st: kinds.append((st.kind, st.prefill_request_ids, st.request_ids)))
+    outs = {}
+    for _ in range(3):
+        outs.update((o.request_id, o) for o in engine.step())
+    later = [engine.add_request(p, greedy(9)) for p in prompts[2:4]]
+    outs.update((o.request_id, o) for o in engine.step())
+    assert kinds[0] == ("prefill", tuple(first), tuple(first))
+    assert kinds[1][0] == "decode" and kinds[3] == ("mixed", tuple(later), tuple(first + later))
+    while engine.has_unfinished():
+        outs.update((o.request_id, o) for o in engine.step())
+    for rid, prompt, n in zip(first + later, prompts[:4], [12, 12, 9, 9]):
+        assert outs[rid].token_ids == hf_greedy(model, prompt, n)
     assert_all_blocks_free(engine)
 
 

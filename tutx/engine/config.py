@@ -31,6 +31,10 @@ class EngineConfig:
       sizes ``graph_batch_sizes`` (None: 1, 2, 4, ... up to ``max_num_seqs``); a step of ``B``
       sequences is padded to the next of them. Falls back to eager, with a warning, where it
       cannot run.
+    - ``mixed_batches``: every step decodes all running sequences *and* prefills the waiting ones
+      that fit the rest of ``max_num_batched_tokens`` (whole prompts), so a burst of prompts no
+      longer stalls the running requests' next tokens (vLLM's scheduler does this with chunks of
+      prompts). False: a step is either a prefill or a decode (nano-vllm's scheduler).
     - ``prepack_weights``: on a CPU, reorder every linear weight once for oneDNN
       (:mod:`tutx.engine.cpu_linear`); costs a second copy of those weights. Eager steps only.
     """
@@ -46,6 +50,7 @@ class EngineConfig:
     enforce_eager: bool = True
     graph_batch_sizes: tuple | None = None
     prepack_weights: bool = True
+    mixed_batches: bool = False
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
@@ -56,6 +61,7 @@ class EngineConfig:
         check_choice("attention_backend", self.attention_backend, BACKENDS)
         check_bool("enforce_eager", self.enforce_eager)
         check_bool("prepack_weights", self.prepack_weights)
+        check_bool("mixed_batches", self.mixed_batches)
         if self.graph_batch_sizes is not None:
             if not isinstance(self.graph_batch_sizes, tuple) or not self.graph_batch_sizes:
                 raise TypeError(f"graph_batch_sizes: expected a non-empty tuple of ints or None, "

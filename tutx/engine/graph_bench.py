@@ -33,12 +33,25 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32, steps: int = 10) -> dict:
-    """Profile ``steps`` eager decode steps of ``batch`` sequences (after ``prompt_len`` prompt tokens)."""
+# The engine's PyTorch path: every layer as PyTorch operators (no C kernels, no prepacked weights on
+# a CPU), the path that static shapes (CUDA graphs, torch.compile) speed up.
+PYTORCH_PATH = {"attention_backend": "sdpa", "prepack_weights": False}
+
+
+def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32, steps: int = 10,
+                        **config) -> dict:
+    """Profile ``steps`` eager decode steps of ``batch`` sequences (after ``prompt_len`` prompt tokens).
+
+    The engine runs its PyTorch path (:data:`PYTORCH_PATH`) unless ``config`` says otherwise.
+    """
     from torch.profiler import ProfilerActivity, profile
 
     device = next(model.parameters()).device
-    engine = LLMEngine(model, None, EngineConfig(max_num_seqs=max(batch, 1)))
+    if device.type == "cuda":
+        config = {"prepack_weights": False, **config}
+    else:
+        config = {**PYTORCH_PATH, **config}
+    engine = LLMEngine(model, None, EngineConfig(max_num_seqs=max(batch, 1), **config))
     for p in _prompts(ids, batch, prompt_len):
         engine.add_request(p, SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
     engine.step()  # the prefill
@@ -104,8 +117,10 @@ def compare_decode(model, ids: list[int], batch: int, prompt_len: int = 32, max_
     """Decode tokens/s of an eager and a static-shape engine (``enforce_eager=False``), interleaved.
 
     The first round of the static engine compiles or captures (its time is ``warmup_s``); the
-    medians are over the ``rounds`` rounds after it.
+    medians are over the ``rounds`` rounds after it. Both run the engine's PyTorch path
+    (:data:`PYTORCH_PATH` on a CPU), so the comparison is about static shapes alone.
     """
+    config = {**PYTORCH_PATH, **config} if next(model.parameters()).device.type == "cpu" else config
     prompts = _prompts(ids, batch, prompt_len)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     engines = {eager: LLMEngine(model, None, EngineConfig(max_num_seqs=batch, enforce_eager=eager, **config))
@@ -132,4 +147,4 @@ def compare_decode(model, ids: list[int], batch: int, prompt_len: int = 32, max_
             "eager_fallback_steps": getattr(graphs, "eager_steps", None), "rounds": rounds}
 
 
-__all__ = ["profile_decode_step", "compare_forward", "compare_decode"]
+__all__ = ["profile_decode_step", "compare_forward", "compare_decode", "PYTORCH_PATH"]

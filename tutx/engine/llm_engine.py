@@ -177,12 +177,17 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one prefill or decode batch; one output per sequence that ran (with its new token)."""
         start, preempted = time.perf_counter(), self.scheduler.num_preemptions
-        seqs, is_prefill = self.scheduler.schedule()
+        if self.config.mixed_batches:
+            decode, prefill = self.scheduler.schedule_mixed()
+            seqs, is_prefill, num_decode = decode + prefill, bool(prefill), len(decode)
+        else:
+            seqs, is_prefill = self.scheduler.schedule()
+            num_decode = 0 if is_prefill else len(seqs)
         if not seqs:
             return []
         tables = {s.request_id: tuple(s.block_table) for s in self.scheduler.running}
-        computed = sum(len(s) - s.num_cached_tokens for s in seqs) if is_prefill else len(seqs)
-        logits = self.runner.run(seqs, is_prefill)  # [B, V]
+        computed = num_decode + sum(len(s) - s.num_cached_tokens for s in seqs[num_decode:])
+        logits = self.runner.run(seqs, is_prefill, num_decode if is_prefill else 0)  # [B, V]
         prompt_logits = None
         if isinstance(logits, tuple):
             logits, prompt_logits = logits
@@ -201,7 +206,7 @@ class LLMEngine:
                 self._release(seq)
             new = [token] if seq.num_completion_tokens and seq.params.max_tokens else []
             outputs.append(self.output_processor.make_output(seq, new, prompt))
-        self._record_step(seqs, is_prefill, computed, tables, finished, preempted, start)
+        self._record_step(seqs, num_decode, computed, tables, finished, preempted, start)
         return outputs
 
     def _record_logprobs(self, seqs, logits, tokens, prompt_logits) -> None:
@@ -217,13 +222,16 @@ class LLMEngine:
                 seq.prompt_logprobs = [None] + top_logprobs(lg[:n - 1], seq.token_ids[1:n],
                                                             [seq.params.prompt_logprobs] * (n - 1)) if n > 1 else [None]
 
-    def _record_step(self, seqs, is_prefill, computed, tables, finished, preempted, start) -> None:
+    def _record_step(self, seqs, num_decode, computed, tables, finished, preempted, start) -> None:
         bm, sched = self.block_manager, self.scheduler
         self.num_steps += 1
+        prefilled = seqs[num_decode:]
+        kind = "decode" if not prefilled else "prefill" if not num_decode else "mixed"
         stats = StepStats(
-            step=self.num_steps - 1, kind="prefill" if is_prefill else "decode",
+            step=self.num_steps - 1, kind=kind,
             request_ids=tuple(s.request_id for s in seqs), num_tokens=computed,
-            num_cached_tokens=sum(s.num_cached_tokens for s in seqs) if is_prefill else 0,
+            num_cached_tokens=sum(s.num_cached_tokens for s in prefilled),
+            prefill_request_ids=tuple(s.request_id for s in prefilled),
             block_tables=tables, num_blocks_used=bm.num_blocks - bm.num_free_blocks,
             num_blocks_free=bm.num_free_blocks, num_waiting=len(sched.waiting), num_running=len(sched.running),
             num_preemptions=sched.num_preemptions - preempted, finished=finished,

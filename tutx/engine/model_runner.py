@@ -184,18 +184,20 @@ class ModelRunner:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
     # -- batch preparation ---------------------------------------------------------------------
-    def _prepare_prefill(self, seqs: list[Sequence]) -> AttentionMetadata:
-        """Tokens ``num_cached_tokens .. len-1`` of every sequence, flattened."""
+    def _prepare_prefill(self, seqs: list[Sequence], num_decode: int = 0) -> AttentionMetadata:
+        """Tokens ``num_cached_tokens .. len-1`` of every sequence, flattened. The first ``num_decode``
+        sequences are decoding (a mixed step): each computes its last token only, over all before it."""
         ids, positions, slots, spans, rows, start, bs = [], [], [], [], [], 0, self.block_size
-        for seq in seqs:
-            new = range(seq.num_cached_tokens, len(seq))
+        for j, seq in enumerate(seqs):
+            cached = len(seq) - 1 if j < num_decode else seq.num_cached_tokens
+            new = range(cached, len(seq))
             table = seq.block_table
-            ids += seq.token_ids[seq.num_cached_tokens:]
+            ids += seq.token_ids[cached:]
             positions += new
             slots += [table[p // bs] * bs + p % bs for p in new]
-            spans.append((start, start + len(new), seq.num_cached_tokens,
-                          self._tensor(table) if seq.num_cached_tokens else None))
-            rows += range(start, start + len(new)) if seq.wants_prompt_logits else [start + len(new) - 1]
+            spans.append((start, start + len(new), cached, self._tensor(table) if cached else None))
+            wants = seq.wants_prompt_logits and j >= num_decode
+            rows += range(start, start + len(new)) if wants else [start + len(new) - 1]
             start += len(new)
         return AttentionMetadata(True, self._tensor(ids), self._tensor(positions), self._tensor(slots),
                                  spans=spans, logit_rows=self._tensor(rows), prefill_seqs=seqs)
@@ -348,8 +350,10 @@ class ModelRunner:
         return self.linear(self.model.lm_head, inner.norm(h)).float()
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool):
+    def run(self, seqs: list[Sequence], is_prefill: bool, num_decode: int = 0):
         """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position.
+
+        A mixed step is a prefill whose first ``num_decode`` sequences are decoding (one new token each).
 
         In a prefill where some sequence wants prompt logprobs, returns ``(logits, prompt_logits)``
         instead: ``prompt_logits[i]`` is ``[S_i, vocab]`` (every prompt position of sequence ``i``,
@@ -361,7 +365,7 @@ class ModelRunner:
             if logits is None:
                 logits = self.decode_logits(meta)  # [B, V], in the rows' (maybe sorted) order
             return logits if meta.unsort is None else logits[meta.unsort]
-        meta = self._prepare_prefill(seqs)
+        meta = self._prepare_prefill(seqs, num_decode)
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
         h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
@@ -369,9 +373,10 @@ class ModelRunner:
         if len(meta.logit_rows) == len(seqs):
             return logits
         last, prompt_logits, row = [], [], 0
-        for seq, (start, end, _, _) in zip(seqs, meta.spans):
-            n = end - start if seq.wants_prompt_logits else 1
-            prompt_logits.append(logits[row:row + n] if seq.wants_prompt_logits else None)
+        for j, (seq, (start, end, _, _)) in enumerate(zip(seqs, meta.spans)):
+            wants = seq.wants_prompt_logits and j >= num_decode
+            n = end - start if wants else 1
+            prompt_logits.append(logits[row:row + n] if wants else None)
             last.append(row + n - 1)
             row += n
         return logits[last], prompt_logits

@@ -77,6 +77,37 @@ class Scheduler:
         self.running.extend(scheduled)
         return scheduled, False
 
+    def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence]]:
+        """``(decode, prefill)`` for one mixed step: every running sequence gets its next slot
+        (preempting the newest when the pool is full, as :meth:`schedule` does), then waiting
+        sequences are admitted, first come first served, into what is left of the token budget."""
+        decode: list[Sequence] = []
+        while self.running:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self.preempt(self.running.pop())
+                else:
+                    self.preempt(seq)
+                    break
+            else:
+                self.block_manager.append_slot(seq)
+                decode.append(seq)
+        self.running.extend(decode)
+        prefill: list[Sequence] = []
+        num_tokens = len(decode)
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            num_tokens += len(seq) - seq.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.waiting.popleft()
+            self.running.append(seq)
+            prefill.append(seq)
+        return decode, prefill
+
     def preempt(self, seq: Sequence) -> None:
         """Free ``seq``'s blocks and requeue it first in line, to be recomputed."""
         self.block_manager.free(seq)

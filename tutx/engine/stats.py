@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 class StepStats:
     """One step of the engine.
 
-    - ``kind``: "prefill" or "decode".
+    - ``kind``: "prefill", "decode", or "mixed" (both, with ``EngineConfig(mixed_batches=True)``).
     - ``request_ids``: the requests that ran, in batch order.
     - ``num_tokens``: positions computed (the prompt tokens not served by the prefix cache, or one per
       sequence in a decode step).
     - ``num_cached_tokens``: prompt tokens served by the prefix cache (prefill steps).
+    - ``prefill_request_ids``: the requests whose prompts this step prefilled (all of them in a
+      prefill step, none in a decode step, the newly admitted ones in a mixed step).
     - ``block_tables``: each *running* request's block table during the step (before finished ones
       freed theirs), request id -> pool block ids.
     - ``num_blocks_used / num_blocks_free``: the pool after the step.
@@ -40,6 +42,7 @@ class StepStats:
     num_preemptions: int
     finished: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    prefill_request_ids: tuple[str, ...] = ()
 
     @property
     def is_prefill(self) -> bool:

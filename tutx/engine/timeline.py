@@ -50,7 +50,7 @@ def timeline_grid(steps: list[StepStats], names: list[str]):
         started = False
         for t, s in enumerate(steps):
             if name in s.request_ids:
-                grid[i, t], started = (1 if s.is_prefill else 2), True
+                grid[i, t], started = (1 if name in s.prefill_request_ids or s.is_prefill else 2), True
             elif ran and t > ran[-1]:
                 grid[i, t] = 5
             elif name in s.block_tables:
@@ -70,14 +70,14 @@ def plot_timeline(ax, steps: list[StepStats], names: list[str], labels: list[str
     ax.imshow(grid, cmap=ListedColormap(STATE_COLORS), vmin=0, vmax=len(STATES) - 1, aspect="auto",
               interpolation="nearest")
     ax.set_yticks(range(len(names)), labels or names)
-    ax.set_xticks(range(len(steps)), ["P" if s.is_prefill else "D" for s in steps], fontsize=7)
+    ax.set_xticks(range(len(steps)), [{"prefill": "P", "mixed": "M"}.get(s.kind, "D") for s in steps], fontsize=7)
     ax.set_xticks(np.arange(-0.5, len(steps)), minor=True)
     ax.set_yticks(np.arange(-0.5, len(names)), minor=True)
     ax.grid(False)
     ax.grid(which="minor", color="0.6", lw=0.5)
     ax.tick_params(which="minor", length=0)
     ax.set_xlim(-0.5, (num_steps or len(steps)) - 0.5)
-    ax.set_xlabel("engine step (P = prefill step, D = decode step)")
+    ax.set_xlabel("engine step (P = prefill step, D = decode step, M = mixed)")
 
 
 def state_legend(fig, **kwargs) -> None:

@@ -62,7 +62,11 @@ def build(source: str, defines: dict[str, int] | None = None) -> ctypes.CDLL:
         return _loaded[name]
     lib_path = cache_dir() / f"{name}.so"
     if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lib_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: build into the temporary directory instead
+            lib_path = Path(tempfile.gettempdir()) / "tutx-cpu-kernels" / f"{name}.so"
+            lib_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
             obj, out = Path(tmp) / "kernel.o", Path(tmp) / "kernel.so"
             for cmd in ([cc, *flags, "-c", str(src), "-o", str(obj)], [cc, str(obj), "-o", str(out), *LINK_FLAGS]):
