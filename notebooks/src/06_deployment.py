@@ -29,8 +29,10 @@ if "google.colab" in sys.modules:
 
 # %%
 import random
+import re
 import time
 import warnings
+from pathlib import Path
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: text progress bars
 
@@ -550,8 +552,8 @@ print(f"{N_REQ} requests, {sum(prompt_lens):,} prompt tokens, {useful:,} request
       f"measured on {tutx.device.name()}")
 
 # %% [markdown]
-# All four produce the same tokens — the engine is Hugging Face's model with our attention and
-# scheduling around it:
+# All four produce the same tokens — the engine runs Hugging Face's weights with our attention,
+# our scheduling and, on a CPU, our C kernels for the rest of a layer's glue (Section 6):
 
 # %%
 ref = outputs["sequential HF generate"]
@@ -712,29 +714,47 @@ else:
 
 # %% [markdown]
 # **What each engine does that the other does not.** Both schedule at the iteration level, keep
-# the KV cache in fixed-size blocks and share identical prompt blocks between requests. vLLM
-# adds machinery ours leaves out: its CPU backend runs attention in its own C++ kernels over the
-# paged cache instead of gathering the pages into a dense copy; it compiles the model's graph
-# (part of the warm-up time in the table); and its scheduler mixes *chunks* of long prompts with
-# the decode steps of running requests in one batch, so a long prompt never stalls everybody
-# else's next token — which is what the *summary* workload's TPOT column probes. Ours is
-# Hugging Face's own modules called eagerly, prefill and decode in separate steps, and a step
-# loop that keeps its bookkeeping in Python lists and syncs with the device once per step (to
-# read the sampled tokens). On a model this small, a fixed cost per step — Python and operator
-# launches — is a large share of the time, and that is where a thin engine competes.
+# the KV cache in fixed-size blocks and share identical prompt blocks between requests (the
+# harness empties both prefix caches before every run, so each run pays for its prompts). vLLM
+# compiles the model's graph (part of its warm-up time in the table) and its scheduler mixes
+# *chunks* of long prompts with the decode steps of running requests, so a long prompt never
+# stalls everybody else's next token — which is what the *summary* workload's TPOT column probes.
+# Ours, by default, runs a step of whole prompts *or* a step of decodes, so requests admitted
+# earlier wait through every prefill step of a burst; `EngineConfig(mixed_batches=True)` puts
+# the running requests' decodes and the newcomers' whole prompts in one step instead, which cuts
+# that wait only when the token budget per step is small (PERF_NOTES.md has the measurement).
+# On the CPU both engines now do the same three things below the Python: attention in C over the
+# paged cache, linear layers through oneDNN with weights reordered once at start-up, and the
+# elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes.
 #
 # **What moved the numbers.** `tutx/results/PERF_NOTES.md` ("Engine on CPU") records every
-# optimisation tried, with its prediction written before the measurement. A profile of the
-# Chapter 6 mix on the tiny LM showed where a step's time went: the model's matrix products, and
-# decode attention — half of it the copy that gathers every sequence's pages into a dense block.
-# Two changes to that copy moved the numbers: gathering whole blocks with `index_select`
-# instead of general indexing (the same values, a faster copy), and attending in groups of
-# sequences of similar length, so that a short context is no longer padded to the longest one
-# in the batch (`EngineConfig(decode_group_size=16)`, the default). Two others did not: fusing
-# the q/k/v and gate/up products changed nothing measurable, and compiling the decode forward
-# with `torch.compile` took minutes and then ran slower than eager code, so the engine stays
-# eager — which also keeps greedy output token-identical to `generate`, as the last column of
-# the table checks.
+# lever tried, with its prediction written before the measurement and the outcome from
+# `scripts/engine_levers.py` (engine variants timed interleaved in one process). A profile of the
+# Chapter 6 mix showed where a decode step went: matrix products, decode attention — most of it
+# the copy that gathered every sequence's pages into a dense block — and, on a model this small,
+# dozens of tiny operators per layer, each a few microseconds of dispatch. Three changes moved
+# the numbers — the cell below shows the latest measurement of each, one engine per row: a C kernel
+# (`tutx/kernels/csrc/paged_decode_cpu.c`, built on first use) that reads the pages in place;
+# linear weights prepacked for oneDNN, with the q/k/v and gate/up products fused
+# (`EngineConfig(prepack_weights=True)`); and the layer glue in C (`tutx.kernels.llama_cpu_ops`).
+# Others did not: `torch.compile` of the decode step (minutes of compiling, no faster), pinning
+# each thread to a core (slower here), and a prefill kernel tiled over query rows (slower than
+# treating each prompt token as a decode row). Greedy output stays token-identical to `generate`
+# with every option, as the table's last column checks.
+
+# %%
+levers_log = Path(tutx.__file__).parent / "results" / "logs" / "engine_levers.log"
+blocks = levers_log.read_text().strip().split("\n# ")[::-1] if levers_log.exists() else []
+block = next((b for b in blocks if "workload ch6," in b.splitlines()[0]), None)
+if block is None:
+    print("No lever measurements recorded yet: run scripts/engine_levers.py.")
+else:
+    LINE = re.compile(r"^(\{.*?\})\s+(\d+) tok/s\s+time ([\d.]+)x.*?min-max (\d+)-(\d+)\s+CPU ([\d.]+) s\s+TPOT p50 ([\d.]+) ms")
+    rows = [m.groups() for m in map(LINE.match, block.splitlines()[1:]) if m]
+    show_table([{"engine (EngineConfig changes)": r[0], "tokens/s (median)": int(r[1]), "min": int(r[3]),
+                 "max": int(r[4]), "time vs first row": float(r[2]), "CPU s": float(r[5]),
+                 "TPOT p50 ms": float(r[6])} for r in rows], digits=2)
+    print(block.splitlines()[0].lstrip("# "))
 
 # %% [markdown]
 # ## Exercises

@@ -459,9 +459,9 @@ if None not in recorded.values():
           " at peak throughput on this machine")
 
 # %% [markdown]
-# Compare the last lines the cell printed. Offline, in Chapter 6, vLLM's engine beat ours on
-# this CPU; served over HTTP, both also pay for the protocol, the streaming and the hand-overs —
-# the last line says who led in the recorded run. The engines are the same in both; the serving
+# Compare the last lines the cell printed. The second-to-last is Chapter 6's offline race on the
+# same machine (each engine inside one process); served over HTTP, both also pay for the
+# protocol, the streaming and the hand-overs — the last line says who led in the recorded run. The engines are the same in both; the serving
 # architecture is not. `vllm serve` is three processes: the API server, the engine core (the
 # scheduler) and a worker that runs the model, handing every step over through ZeroMQ and shared
 # memory, whose readers poll. That split buys a GPU host an API server that never stalls the
