@@ -47,10 +47,7 @@ def profile_decode_step(model, ids: list[int], batch: int, prompt_len: int = 32,
     from torch.profiler import ProfilerActivity, profile
 
     device = next(model.parameters()).device
-    if device.type == "cuda":
-        config = {"prepack_weights": False, **config}
-    else:
-        config = {**PYTORCH_PATH, **config}
+    config = {**PYTORCH_PATH, **config} if device.type == "cpu" else config
     engine = LLMEngine(model, None, EngineConfig(max_num_seqs=max(batch, 1), **config))
     for p in _prompts(ids, batch, prompt_len):
         engine.add_request(p, SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))

@@ -285,11 +285,10 @@ class ModelRunner:
         runner's own, so the kernels run without their argument checks (``trusted=True``)."""
         t, d, hq, hkv = h.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
         cos, sin = self.rope_cos.index_select(0, meta.positions), self.rope_sin.index_select(0, meta.positions)
-        fast_decode = not meta.is_prefill and self.decode_group_size is None
-        if fast_decode:
-            tables, lengths = meta.block_tables.contiguous(), meta.lengths.contiguous()
-        elif meta.is_prefill:  # one kernel call for every prompt: token at position p attends to p + 1 tokens
+        if meta.is_prefill:  # one kernel call for every prompt: token at position p attends to p + 1 tokens
             tables, row_table, lengths = self._prefill_tables(meta)
+        else:  # (the C backend never groups decode rows)
+            tables, lengths = meta.block_tables.contiguous(), meta.lengths.contiguous()
         h = h.contiguous()
         residual = None  # each layer's MLP output, added to h by the next norm
         for i, (attn, (w_in, eps_in), qkv_group, o_proj, (w_post, eps_post), gate_up_group, down_proj) \
@@ -299,16 +298,12 @@ class ModelRunner:
             k_pool, v_pool = self.kv_cache[0, i], self.kv_cache[1, i]
             rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, hq, hkv, trusted=True)
             q = qkv[:, :hq * d].view(t, hq, d)
-            if fast_decode:
+            if meta.is_prefill:
+                o = paged_prefill_attention_cpu(q.contiguous(), k_pool, v_pool, tables, row_table, lengths,
+                                                sm_scale=attn.scaling, trusted=True)  # [T, Hq, D]
+            else:
                 o = paged_decode_attention_cpu(q.contiguous(), k_pool, v_pool, tables, lengths,
                                                sm_scale=attn.scaling, validate=False, trusted=True)
-            elif meta.is_prefill:
-                o = paged_prefill_attention_cpu(q.contiguous(), k_pool, v_pool, tables, row_table, lengths,
-                                                sm_scale=attn.scaling, trusted=True)
-            else:
-                k = qkv[:, hq * d:(hq + hkv) * d].view(t, hkv, d)
-                v = qkv[:, (hq + hkv) * d:].view(t, hkv, d)
-                o = self._attend(attn, q.contiguous(), k, v, k_pool, v_pool, meta)  # [T, Hq, D]
             x = add_rms_norm_cpu(h, self.linear(o_proj, o.reshape(t, -1)), w_post, eps_post, trusted=True)
             residual = self.linear(down_proj, silu_mul_cpu(self.linear.fused_output(gate_up_group, x), trusted=True))
         return h.add_(residual)
