@@ -47,22 +47,8 @@ class Scheduler:
 
     def schedule(self) -> tuple[list[Sequence], bool]:
         """``(sequences to run, is_prefill)``; an empty list when nothing is left to do."""
-        prefill = self._admit(0)
-        if prefill:
-            return prefill, True
-        return self._decode_all(), False
-
-    def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence]]:
-        """``(decode, prefill)`` for one mixed step: every running sequence gets its next slot
-        (preempting the newest when the pool is full, as :meth:`schedule` does), then waiting
-        sequences are admitted, first come first served, into what is left of the token budget."""
-        decode = self._decode_all()
-        return decode, self._admit(len(decode))
-
-    def _admit(self, num_tokens: int) -> list[Sequence]:
-        """Admit waiting sequences FCFS while they fit the token budget (``num_tokens`` already used),
-        ``max_num_seqs`` and the pool; they become running."""
-        admitted: list[Sequence] = []
+        scheduled: list[Sequence] = []
+        num_tokens = 0
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             # Budget counts the whole sequence: conservative when part of it is prefix-cached.
@@ -73,12 +59,10 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
             self.running.append(seq)
-            admitted.append(seq)
-        return admitted
+            scheduled.append(seq)
+        if scheduled:
+            return scheduled, True
 
-    def _decode_all(self) -> list[Sequence]:
-        """A slot for every running sequence's next token, preempting the newest when the pool is full."""
-        decode: list[Sequence] = []
         while self.running:
             seq = self.running.popleft()
             while not self.block_manager.can_append(seq):
@@ -89,9 +73,40 @@ class Scheduler:
                     break
             else:
                 self.block_manager.append_slot(seq)
+                scheduled.append(seq)
+        self.running.extend(scheduled)
+        return scheduled, False
+
+    def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence]]:
+        """``(decode, prefill)`` for one mixed step: every running sequence gets its next slot
+        (preempting the newest when the pool is full, as :meth:`schedule` does), then waiting
+        sequences are admitted, first come first served, into what is left of the token budget."""
+        decode: list[Sequence] = []
+        while self.running:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self.preempt(self.running.pop())
+                else:
+                    self.preempt(seq)
+                    break
+            else:
+                self.block_manager.append_slot(seq)
                 decode.append(seq)
         self.running.extend(decode)
-        return decode
+        prefill: list[Sequence] = []
+        num_tokens = len(decode)
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            num_tokens += len(seq) - seq.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.waiting.popleft()
+            self.running.append(seq)
+            prefill.append(seq)
+        return decode, prefill
 
     def preempt(self, seq: Sequence) -> None:
         """Free ``seq``'s blocks and requeue it first in line, to be recomputed."""
