@@ -15,6 +15,7 @@ from tutx.kernels.paged_decode_cpu import (
     MAX_GROUP,
     cpu_kernel_available,
     paged_decode_attention_cpu,
+    paged_prefill_attention_cpu,
 )
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C compiler to build the CPU kernel")
@@ -63,6 +64,46 @@ def test_kernel_matches_ref(b, hq, hkv, d, block_size, lengths):
     assert out.shape == q.shape and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     ref = paged_decode_attention_ref(q, k_pool, v_pool, tables, lens)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+PREFILL_CASES = [  # Hq, Hkv, D, block_size, (cached, new) per sequence
+    (8, 2, 32, 16, [(0, 37), (0, 1), (20, 13)]),  # group 4: tiles of 4 rows; a one-token prompt; a cached prefix
+    (12, 4, 64, 16, [(0, 50), (5, 17)]),  # group 3: tiles of 5 rows (15 of 16 lanes)
+    (4, 4, 32, 8, [(0, 40), (3, 30)]),  # group 1: tiles of 16 rows; blocks smaller than a chunk
+    (16, 2, 80, 24, [(0, 61), (30, 30)]),  # group 8, head dim 80; blocks larger than a chunk, not a multiple
+    (32, 1, 32, 32, [(0, 20), (7, 9)]),  # group 32: two head chunks of 16 lanes per row
+    (20, 1, 32, 16, [(0, 19)]),  # group 20: head chunks of 16 and 4
+    (MAX_GROUP, 1, 32, 1, [(0, 5), (2, 3)]),  # the largest group, block size 1
+]
+
+
+@pytest.mark.parametrize("hq,hkv,d,block_size,spans", PREFILL_CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, list) else None)
+def test_prefill_kernel_matches_ref(hq, hkv, d, block_size, spans):
+    """Every prompt token a row, attending causally over its sequence's cached prefix and new tokens."""
+    lengths = [c + n for c, n in spans]
+    _, k_pool, v_pool, tables, _ = make_paged(len(spans), hq, hkv, d, block_size, lengths)
+    table_of_row = torch.tensor([s for s, (c, n) in enumerate(spans) for _ in range(n)], dtype=torch.int32)
+    row_lengths = torch.tensor([p + 1 for c, n in spans for p in range(c, c + n)], dtype=torch.int32)
+    q = torch.randn(len(table_of_row), hq, d, generator=torch.Generator().manual_seed(len(spans)))
+    out = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    ref = paged_decode_attention_ref(q, k_pool, v_pool, tables[table_of_row.long()], row_lengths, sm_scale=0.2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    trusted = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2,
+                                          trusted=True)
+    torch.testing.assert_close(trusted, out, atol=0, rtol=0)
+
+
+def test_prefill_rows_of_one_sequence_may_be_apart_and_unordered():
+    """Tiles take consecutive rows of one table only: rows interleaved across sequences still match."""
+    _, k_pool, v_pool, tables, _ = make_paged(2, 8, 2, 32, 16, [30, 30])
+    table_of_row = torch.tensor([0, 1, 0, 1, 1, 0, 0, 0], dtype=torch.int32)
+    row_lengths = torch.tensor([3, 30, 1, 7, 2, 30, 29, 12], dtype=torch.int32)
+    q = torch.randn(8, 8, 32)
+    out = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, table_of_row, row_lengths)
+    ref = paged_decode_attention_ref(q, k_pool, v_pool, tables[table_of_row.long()], row_lengths)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 

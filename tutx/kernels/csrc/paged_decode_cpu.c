@@ -1,19 +1,29 @@
-/* Paged decode attention on the CPU, reading the KV pool in place (no gather).
+/* Paged attention on the CPU, reading the KV pool in place (no gather): decode and prefill.
  *
- * One query token per sequence. q [B, Hq, D]; k_pool, v_pool [num_blocks, block_size, Hkv, D];
- * block_tables [B, W] (int32; entries past ceil(length / block_size) are never read);
- * table_of_row [B] (int32) or NULL: row b reads block_tables[table_of_row[b]] (rows of one prompt
- * share their sequence's table: a prefill is B = its tokens, each attending to its own length);
- * lengths [B] (int32, in [1, W * block_size]); out [B, Hq, D]. All float32, contiguous.
+ * q [T, Hq, D]; k_pool, v_pool [num_blocks, block_size, Hkv, D]; block_tables [S, W] (int32;
+ * entries past ceil(length / block_size) are never read); table_of_row [T] (int32) or NULL:
+ * row r reads block_tables[table_of_row[r]] (NULL: row r reads table r, a decode step);
+ * lengths [T] (int32, in [1, W * block_size]): row r attends to the first lengths[r] tokens;
+ * out [T, Hq, D]. All float32, contiguous.
  *
- * Work item = (sequence b, KV head h): its G = Hq / Hkv query heads share every key and value
- * row they read. Two passes over the sequence's pages: scores s[g][t] = scale * q_g . k_t, then
- * softmax over t and out_g = sum_t p[g][t] * v_t. Items run in parallel (OpenMP); the inner
- * loops over D are `omp simd` reductions that the compiler vectorizes.
+ * Decode (table_of_row NULL): decode_rows below, one work item per (sequence, KV head).
+ *
+ * Prefill (table_of_row given): tiled so that the arithmetic runs in full vectors. A *tile* is up
+ * to 16 query vectors that read the same keys: the G = Hq / Hkv query heads of one KV head, for
+ * as many consecutive rows of one sequence as fit (4 rows of a prompt when G = 4).
+ * The tile's queries are transposed once into Qt[d][lane], so that for every key row k
+ *     s[lane] += Qt[d][lane] * k[d]        (one vector multiply-add per d, no horizontal sums)
+ * gives 16 scores at once, and the values accumulate the same way, Ot[d][lane] += p[lane] * v[d].
+ * Keys are visited in chunks of up to 16 (one block's slots) with the online softmax of flash
+ * attention: a running max and sum per lane, the partial output rescaled when the max grows.
+ * Rows of a tile may have different lengths (a prompt's causal mask): a key past a lane's
+ * length gets probability 0. Tiles x KV heads run in parallel (OpenMP, dynamic).
+ *
+ * (A tile of a decode row fills only G of its 16 lanes: measured 0.7x the speed of decode_rows.)
  *
  * HEAD_DIM is fixed when the library is built (tutx.kernels.cpu_build compiles one library per
- * head dimension, like a Triton constexpr): with D known the dot products unroll into a few
- * vector multiply-adds, 3x faster than with D read at run time (measured, D = 32).
+ * head dimension, like a Triton constexpr), so the loops over D unroll. Vectors are GCC/Clang
+ * vector types, so the same source runs in AVX-512, AVX2 or NEON registers.
  */
 #include <float.h>
 #include <math.h>
@@ -21,20 +31,90 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_GROUP 64
 #ifndef HEAD_DIM
 #error "HEAD_DIM must be defined (-DHEAD_DIM=...)"
 #endif
+#define D HEAD_DIM
+#define LANES 16
+#define CHUNK 16
+#define MAX_GROUP 64
 
-int tutx_paged_decode_f32(const float *restrict q, const float *restrict k_pool, const float *restrict v_pool,
-                          const int32_t *restrict block_tables, const int32_t *restrict table_of_row,
-                          const int32_t *restrict lengths,
-                          float *restrict out,
-                          int64_t B, int64_t Hq, int64_t Hkv, int64_t head_dim, int64_t block_size, int64_t W,
-                          float scale, int num_threads)
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+static inline __attribute__((always_inline)) vf lane_select(vi mask, vf a, vf b)  /* mask ? a : b, per lane */
 {
-    const int64_t G = Hq / Hkv, D = HEAD_DIM;
-    if (G > MAX_GROUP || G * Hkv != Hq || head_dim != HEAD_DIM) return 1;
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+
+/* exp of every lane: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 polynomial
+ * (relative error ~2e-7); inputs below -87 give ~1e-38 (masked keys: -FLT_MAX). Written with
+ * vector types so that it runs in full vectors on any CPU (libm's expf is scalar here). */
+static inline __attribute__((always_inline)) vf vexp(vf x)
+{
+    const vf hi = (vf){0} + 88.0f, lo = (vf){0} - 87.0f;
+    x = lane_select(x > hi, hi, x);
+    x = lane_select(x < lo, lo, x);
+    vf fn = x * 1.44269504088896341f;
+    vi n = __builtin_convertvector(fn + lane_select(fn < (vf){0}, (vf){0} - 0.5f, (vf){0} + 0.5f), vi);
+    fn = __builtin_convertvector(n, vf);
+    vf r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    vf p = (vf){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return (vf)((vi)p + ((n) << 23));
+}
+
+/* One chunk of n <= CHUNK keys for one tile: scores, online-softmax update, value accumulation.
+ * krow(j) = kb + j * stride. `n` is a compile-time CHUNK in the common case (always_inline). */
+static inline __attribute__((always_inline)) void chunk(
+    const vf *restrict Qt, vf *restrict Ot, vf *restrict m, vf *restrict l,
+    const float *restrict kb, const float *restrict vb, int64_t stride, int n,
+    int masked, int64_t t0, vf len)
+{
+    vf S[CHUNK];
+    for (int j = 0; j < n; j++) S[j] = (vf){0};
+    for (int d = 0; d < D; d++) {
+        const vf qd = Qt[d];
+        for (int j = 0; j < n; j++) S[j] += qd * kb[j * stride + d];
+    }
+    vf mx = *m;
+    if (masked) {
+        for (int j = 0; j < n; j++) {
+            vf t = (vf){0} + (float)(t0 + j);
+            S[j] = lane_select(t < len, S[j], (vf){0} - FLT_MAX);
+        }
+    }
+    for (int j = 0; j < n; j++) mx = lane_select(S[j] > mx, S[j], mx);
+    const vf corr = vexp(*m - mx);
+    vf sum = (vf){0};
+    for (int j = 0; j < n; j++) {
+        S[j] = vexp(S[j] - mx);
+        sum += S[j];
+    }
+    *l = *l * corr + sum;
+    *m = mx;
+    for (int d = 0; d < D; d++) {
+        vf acc = Ot[d] * corr;
+        for (int j = 0; j < n; j++) acc += S[j] * vb[j * stride + d];
+        Ot[d] = acc;
+    }
+}
+
+/* Decode: one query row per sequence. Work item = (sequence b, KV head h): its G query heads
+ * share every key and value row read. Two passes over the sequence's pages, block by block:
+ * scores s[g][t] = scale * q_g . k_t, then softmax over t and out_g = sum_t p[g][t] * v_t.
+ * The dot products are `omp simd` reductions over D (one horizontal sum each). */
+static int decode_rows(const float *restrict q, const float *restrict k_pool, const float *restrict v_pool,
+                       const int32_t *restrict block_tables, const int32_t *restrict lengths, float *restrict out,
+                       int64_t B, int64_t Hq, int64_t Hkv, int64_t block_size, int64_t W, float scale,
+                       int num_threads)
+{
+    const int64_t G = Hq / Hkv, stride = Hkv * D;
     int status = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -48,51 +128,57 @@ int tutx_paged_decode_f32(const float *restrict q, const float *restrict k_pool,
             if (scores == NULL) continue;
             const int64_t b = item / Hkv, h = item % Hkv;
             const int64_t L = lengths[b];
-            const int32_t *table = block_tables + (table_of_row ? (int64_t)table_of_row[b] : b) * W;
+            const int32_t *table = block_tables + b * W;
             const float *qb = q + (b * Hq + h * G) * D;  /* the group's G query rows */
             float mx[MAX_GROUP];
             for (int64_t g = 0; g < G; g++) mx[g] = -FLT_MAX;
-            /* pass 1: scores, and their max per query head */
-            for (int64_t t = 0; t < L; t++) {
-                const float *kr = k_pool + (((int64_t)table[t / block_size] * block_size + t % block_size) * Hkv + h) * D;
-                for (int64_t g = 0; g < G; g++) {
-                    const float *qr = qb + g * D;
-                    float s = 0.0f;
+            for (int64_t t0 = 0; t0 < L; t0 += block_size) {  /* pass 1: scores and their max per head */
+                const float *kb = k_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
+                const int64_t n = L - t0 < block_size ? L - t0 : block_size;
+                for (int64_t j = 0; j < n; j++) {
+                    const float *kr = kb + j * stride;
+                    for (int64_t g = 0; g < G; g++) {
+                        const float *qr = qb + g * D;
+                        float s = 0.0f;
 #pragma omp simd reduction(+:s)
-                    for (int64_t d = 0; d < D; d++) s += qr[d] * kr[d];
-                    s *= scale;
-                    scores[g * L + t] = s;
-                    if (s > mx[g]) mx[g] = s;
+                        for (int64_t d = 0; d < D; d++) s += qr[d] * kr[d];
+                        s *= scale;
+                        scores[g * L + t0 + j] = s;
+                        mx[g] = s > mx[g] ? s : mx[g];
+                    }
                 }
             }
-            /* softmax numerators and sums */
             float sum[MAX_GROUP];
-            for (int64_t g = 0; g < G; g++) {
+            for (int64_t g = 0; g < G; g++) {  /* softmax numerators and sums */
                 float *sg = scores + g * L, m = mx[g], acc = 0.0f;
-#pragma omp simd reduction(+:acc)
-                for (int64_t t = 0; t < L; t++) {
-                    sg[t] = expf(sg[t] - m);
-                    acc += sg[t];
+                int64_t t = 0;
+                for (; t + LANES <= L; t += LANES) {
+                    vf x;
+                    memcpy(&x, sg + t, sizeof(x));
+                    x = vexp(x - m);
+                    memcpy(sg + t, &x, sizeof(x));
                 }
+                for (; t < L; t++) sg[t] = expf(sg[t] - m);
+#pragma omp simd reduction(+:acc)
+                for (int64_t u = 0; u < L; u++) acc += sg[u];
                 sum[g] = acc;
             }
-            /* pass 2: weighted sum of the value rows */
-            float *ob = out + (b * Hq + h * G) * D;
-            memset(ob, 0, sizeof(float) * G * D);
-            for (int64_t t = 0; t < L; t++) {
-                const float *vr = v_pool + (((int64_t)table[t / block_size] * block_size + t % block_size) * Hkv + h) * D;
-                for (int64_t g = 0; g < G; g++) {
-                    const float p = scores[g * L + t];
-                    float *og = ob + g * D;
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++) og[d] += p * vr[d];
-                }
-            }
+            float *ob = out + (b * Hq + h * G) * D;  /* pass 2: weighted sum of the value rows */
             for (int64_t g = 0; g < G; g++) {
-                const float inv = 1.0f / sum[g];
-                float *og = ob + g * D;
+                const float *pg = scores + g * L;
+                float acc[D];
+                memset(acc, 0, sizeof(acc));
+                for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+                    const float *vb = v_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
+                    const int64_t n = L - t0 < block_size ? L - t0 : block_size;
+                    for (int64_t j = 0; j < n; j++) {
+                        const float p = pg[t0 + j], *vr = vb + j * stride;
 #pragma omp simd
-                for (int64_t d = 0; d < D; d++) og[d] *= inv;
+                        for (int64_t d = 0; d < D; d++) acc[d] += p * vr[d];
+                    }
+                }
+                const float inv = 1.0f / sum[g];
+                for (int64_t d = 0; d < D; d++) ob[g * D + d] = acc[d] * inv;
             }
         }
         free(scores);
@@ -100,3 +186,79 @@ int tutx_paged_decode_f32(const float *restrict q, const float *restrict k_pool,
     return status;
 }
 
+int tutx_paged_decode_f32(const float *restrict q, const float *restrict k_pool, const float *restrict v_pool,
+                          const int32_t *restrict block_tables, const int32_t *restrict table_of_row,
+                          const int32_t *restrict lengths,
+                          float *restrict out,
+                          int64_t T, int64_t Hq, int64_t Hkv, int64_t head_dim, int64_t block_size, int64_t W,
+                          float scale, int num_threads)
+{
+    const int64_t G = Hq / Hkv;
+    if (G > MAX_GROUP || G * Hkv != Hq || head_dim != HEAD_DIM || T < 0) return 1;
+    if (table_of_row == NULL)  /* decode: each row alone (a tile would fill only G of its lanes) */
+        return decode_rows(q, k_pool, v_pool, block_tables, lengths, out, T, Hq, Hkv, block_size, W, scale, num_threads);
+    /* Tiles: runs of consecutive rows that read one table, at most `rows_per_tile` each; with
+     * G > LANES a row's heads are split into ceil(G / LANES) head chunks instead. */
+    const int64_t rows_per_tile = G >= LANES ? 1 : LANES / G;
+    const int64_t head_chunks = (G + LANES - 1) / LANES;
+    int64_t *tile_start = (int64_t *)malloc(sizeof(int64_t) * (T + 1));
+    if (tile_start == NULL) return 2;
+    int64_t num_tiles = 0;
+    for (int64_t r = 0; r < T;) {
+        const int64_t table = table_of_row ? table_of_row[r] : r;
+        int64_t e = r + 1;
+        while (e < T && e - r < rows_per_tile && table_of_row && table_of_row[e] == table) e++;
+        tile_start[num_tiles++] = r;
+        r = e;
+    }
+    tile_start[num_tiles] = T;
+    const int64_t stride = Hkv * D;  /* from one slot's row to the next, within a block */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+    for (int64_t item = 0; item < num_tiles * Hkv * head_chunks; item++) {
+        const int64_t tile = item / (Hkv * head_chunks), h = (item / head_chunks) % Hkv;
+        const int64_t g0 = (item % head_chunks) * LANES, ng = G - g0 < LANES ? G - g0 : LANES;
+        const int64_t r0 = tile_start[tile], nr = tile_start[tile + 1] - r0;
+        const int32_t *table = block_tables + (table_of_row ? (int64_t)table_of_row[r0] : r0) * W;
+        vf Qt[D], Ot[D], m = (vf){0} - FLT_MAX, l = (vf){0}, len = (vf){0};
+        float *lenf = (float *)&len;
+        int64_t maxlen = 0, minlen = INT64_MAX;
+        memset(Qt, 0, sizeof(Qt));
+        memset(Ot, 0, sizeof(Ot));
+        for (int64_t i = 0; i < nr; i++) {
+            const int64_t L = lengths[r0 + i];
+            maxlen = L > maxlen ? L : maxlen;
+            minlen = L < minlen ? L : minlen;
+            for (int64_t g = 0; g < ng; g++) {
+                const int lane = (int)(i * ng + g);
+                const float *qr = q + ((r0 + i) * Hq + h * G + g0 + g) * D;
+                float *qt = (float *)Qt;
+                for (int d = 0; d < D; d++) qt[d * LANES + lane] = qr[d] * scale;
+                lenf[lane] = (float)L;
+            }
+        }
+        for (int lane = (int)(nr * ng); lane < LANES; lane++) lenf[lane] = 1.0f;  /* unused lanes: key 0 */
+        for (int64_t t0 = 0, n = 0; t0 < maxlen; t0 += n) {
+            const int64_t blk = t0 / block_size, off = t0 % block_size;
+            n = block_size - off;
+            n = n < CHUNK ? n : CHUNK;
+            n = n < maxlen - t0 ? n : maxlen - t0;
+            const int64_t base = ((int64_t)table[blk] * block_size + off) * stride + h * D;
+            const int masked = t0 + n > minlen;
+            if (n == CHUNK && !masked)
+                chunk(Qt, Ot, &m, &l, k_pool + base, v_pool + base, stride, CHUNK, 0, t0, len);
+            else
+                chunk(Qt, Ot, &m, &l, k_pool + base, v_pool + base, stride, (int)n, masked, t0, len);
+        }
+        const vf inv = 1.0f / l;
+        for (int d = 0; d < D; d++) Ot[d] *= inv;
+        const float *ot = (const float *)Ot;
+        for (int64_t i = 0; i < nr; i++)
+            for (int64_t g = 0; g < ng; g++) {
+                const int lane = (int)(i * ng + g);
+                float *orow = out + ((r0 + i) * Hq + h * G + g0 + g) * D;
+                for (int d = 0; d < D; d++) orow[d] = ot[d * LANES + lane];
+            }
+    }
+    free(tile_start);
+    return 0;
+}
