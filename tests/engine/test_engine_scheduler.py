@@ -30,32 +30,74 @@ def test_prefill_admits_fcfs_within_token_budget_then_decodes():
     assert not is_prefill and batch == [a, b, c]
 
 
+def ran(decode, prefill, chunks, token=1):
+    """What the engine does after a mixed step: count the computed tokens, and give a next token to
+    every sequence whose computed tokens reached its end (the decodes, the finished prompts)."""
+    for s in decode:
+        s.num_computed_tokens = len(s)
+    for s, n in zip(prefill, chunks):
+        s.num_computed_tokens += n
+    for s in decode + prefill:
+        if s.num_computed_tokens == len(s):
+            s.append_token(token)
+            s.num_computed_tokens = len(s) - 1
+
+
 def test_mixed_step_decodes_the_running_then_admits_into_the_rest_of_the_budget():
     sched = make(max_tokens=20)
     a, b, c = seq(8, 0), seq(10, 100), seq(5, 200)
     sched.add(a)
-    assert sched.schedule_mixed() == ([], [a])  # nothing runs yet: a plain prefill
-    a.append_token(1)
+    step = sched.schedule_mixed()
+    assert step == ([], [a], [8])  # nothing runs yet: a plain prefill
+    ran(*step)
     sched.add(b)
     sched.add(c)
-    decode, prefill = sched.schedule_mixed()  # a decodes (1 token); b (10) fits, c (5) would make 16
-    assert decode == [a] and prefill == [b, c]
+    step = sched.schedule_mixed()  # a decodes (1 token); b (10) and c (5) fit the other 19
+    assert step == ([a], [b, c], [10, 5])
     assert list(sched.running) == [a, b, c] and not sched.waiting
-    for s in (b, c):
-        s.append_token(1)
-    a.append_token(2)
-    assert sched.schedule_mixed() == ([a, b, c], [])
+    ran(*step)
+    assert sched.schedule_mixed() == ([a, b, c], [], [])
 
 
-def test_mixed_step_keeps_the_budget_for_prompts():
+def test_mixed_step_chunks_a_prompt_into_what_is_left_of_the_budget():
     sched = make(max_tokens=10)
-    a, b = seq(8, 0), seq(10, 100)
+    a, b, c = seq(8, 0), seq(10, 100), seq(3, 200)
     sched.add(a)
-    sched.schedule_mixed()
-    a.append_token(1)
+    ran(*sched.schedule_mixed())
     sched.add(b)
-    assert sched.schedule_mixed() == ([a], [])  # 1 decode token + 10 prompt tokens > 10: b waits
+    sched.add(c)
+    step = sched.schedule_mixed()  # 1 decode token + the first 9 of b's 10; c waits
+    assert step == ([a], [b], [9]) and list(sched.waiting) == [c]
+    ran(*step)
+    assert b.num_computed_tokens == 9 and b.num_completion_tokens == 0  # no token before its prompt's end
+    step = sched.schedule_mixed()  # b's last prompt token runs like a decode (one token over the rest); then c
+    assert step == ([a, b], [c], [3])
+    ran(*step)
+    assert b.num_completion_tokens == 1 and c.num_completion_tokens == 1
+    assert sched.schedule_mixed() == ([a, b, c], [], [])
+
+
+def test_mixed_step_admits_a_prompt_logprobs_request_whole_only():
+    from tutx.engine.sampling import SamplingParams
+    sched = make(max_tokens=10)
+    a, b = seq(8, 0), Sequence(list(range(100, 110)), SamplingParams(prompt_logprobs=1))
+    sched.add(a)
+    ran(*sched.schedule_mixed())
+    sched.add(b)
+    assert sched.schedule_mixed() == ([a], [], [])  # 9 tokens left, b needs its 10 in one step
     assert list(sched.waiting) == [b]
+
+
+def test_preempting_a_chunked_prompt_starts_it_again():
+    sched = make(num_blocks=5, block_size=4, max_tokens=12)
+    a, b = seq(11, 0), seq(8, 100)
+    sched.add(a)
+    ran(*sched.schedule_mixed())  # a: 11 prompt tokens + its first token: 3 blocks
+    sched.add(b)
+    step = sched.schedule_mixed()  # a decodes; b gets 2 blocks, 11 of budget left: all 8 of its tokens
+    assert step == ([a], [b], [8])
+    sched.preempt(b)
+    assert b.num_computed_tokens == 0 and not b.block_table and sched.waiting[0] is b
 
 
 def test_max_num_seqs_limits_running():

@@ -68,11 +68,18 @@ def assert_all_blocks_free(engine):
     EngineConfig(mixed_batches=True),  # decode and prefill in one step
     EngineConfig(block_size=8, num_blocks=21, max_model_len=256, mixed_batches=True),  # ... with preemption
     EngineConfig(mixed_batches=True, attention_backend="sdpa", prepack_weights=False),  # ... in PyTorch
+    EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176),  # prompts cut into chunks
+    EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176, attention_backend="sdpa",
+                 prepack_weights=False),  # ... in PyTorch
 ], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group", "cpu-kernel",
-        "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa"])
+        "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa", "chunked", "chunked-sdpa"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)
+    chunked = []
+    engine.add_step_hook(lambda st: chunked.extend(
+        rid for rid in st.prefill_request_ids if engine._requests.get(rid) is not None
+        and engine._requests[rid].num_computed_tokens < engine._requests[rid].num_prompt_tokens))
     outs = engine.generate(prompts, [greedy(n) for n in MAX_TOKENS], progress=False)
     for prompt, n, out in zip(prompts, MAX_TOKENS, outs):
         assert out.token_ids == hf_greedy(model, prompt, n)
@@ -80,6 +87,23 @@ def test_greedy_matches_hf_generate(tiny, prompts, config):
         assert out.text == tok.decode(out.token_ids, skip_special_tokens=True)
     if config.num_blocks is not None:
         assert engine.scheduler.num_preemptions >= 1
+    if config.max_num_batched_tokens == 176:
+        assert chunked, "no prompt was cut into chunks"
+    assert_all_blocks_free(engine)
+
+
+def test_chunked_prompt_shares_only_the_blocks_already_computed(tiny, ids):
+    """A chunked prompt's blocks become prefix-cache hits only once their K/V is computed."""
+    model, tok = tiny
+    other, shared = ids[2000:2100], ids[5000:5100]
+    a, b = shared + ids[7000:7007], shared + ids[8000:8012]
+    engine = LLMEngine(model, tok, EngineConfig(mixed_batches=True, max_model_len=128, max_num_batched_tokens=128))
+    outs = engine.generate([other, a, b], [greedy(12), greedy(10), greedy(8)], progress=False)
+    # Step 1: other (100) and the first 28 of a; step 2: other decodes, a's other 79, then b, which
+    # finds a's first block (16 tokens) computed and the rest of a's shared blocks not yet.
+    assert outs[1].num_cached_tokens == 0 and outs[2].num_cached_tokens == 16
+    for prompt, n, out in zip((other, a, b), (12, 10, 8), outs):
+        assert out.token_ids == hf_greedy(model, prompt, n)
     assert_all_blocks_free(engine)
 
 

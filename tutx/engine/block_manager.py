@@ -48,6 +48,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_block_ids: deque[int] = deque(range(num_blocks))
         self.hash_to_block: dict[int, int] = {}
+        self._unregistered: dict[int, list] = {}  # seq_id -> hashes of its blocks not computed yet
 
     def __repr__(self) -> str:
         return (f"BlockManager(num_blocks={self.num_blocks}, block_size={self.block_size}, "
@@ -122,12 +123,14 @@ class BlockManager:
         shared = sum(self.blocks[b].ref_count > 0 for b in hits)
         return self.num_free_blocks >= seq.num_blocks(self.block_size) - shared
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: Sequence, num_new_tokens: int | None = None) -> None:
         """Give ``seq`` a block table for all its tokens, sharing cached prefix blocks.
 
-        Sets ``seq.num_cached_tokens`` to the number of leading tokens whose K/V is already in
-        the pool. Newly allocated full blocks are registered at once: their K/V is written by the
-        same forward pass, before any later prefill can read them.
+        Sets ``seq.num_cached_tokens`` (and ``num_computed_tokens``) to the number of leading tokens
+        whose K/V is already in the pool. Newly allocated full blocks are registered at once when
+        the next forward pass writes their K/V (before any later prefill can read them): all of
+        them, or, when only ``num_new_tokens`` tokens are computed next (a chunked prefill), those
+        within them; :meth:`computed` registers the others as their chunks are computed.
         """
         if seq.block_table:
             raise ValueError(f"seq: {seq.request_id!r} already holds blocks {seq.block_table}")
@@ -141,12 +144,24 @@ class BlockManager:
                 self.free_block_ids.remove(block_id)
             block.ref_count += 1
             seq.block_table.append(block_id)
+        seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
         for i in range(len(hits), len(hashes)):
-            block_id = self._take_free_block()
+            seq.block_table.append(self._take_free_block())
+        self._unregistered[seq.seq_id] = [None] * len(hits) + hashes[len(hits):]
+        self.computed(seq, len(seq) if num_new_tokens is None else seq.num_cached_tokens + num_new_tokens)
+
+    def computed(self, seq: Sequence, num_tokens: int) -> None:
+        """A chunked prefill of ``seq`` will have written the K/V of its first ``num_tokens`` tokens
+        by the end of this step: register the full blocks among them (prefix-cache hits from now on)."""
+        hashes = self._unregistered.get(seq.seq_id)
+        if hashes is None:
+            return
+        for i in range(min(num_tokens // self.block_size, len(hashes))):
             if hashes[i] is not None:
-                self._register(block_id, hashes[i], seq.block_tokens(i, self.block_size))
-            seq.block_table.append(block_id)
-        seq.num_cached_tokens = len(hits) * self.block_size
+                self._register(seq.block_table[i], hashes[i], seq.block_tokens(i, self.block_size))
+                hashes[i] = None
+        if num_tokens >= len(seq):
+            del self._unregistered[seq.seq_id]
 
     def can_append(self, seq: Sequence) -> bool:
         """Whether the slot for ``seq``'s last token can be had (a new block only at a block boundary)."""
@@ -181,6 +196,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self.free_block_ids.append(block_id)
         seq.block_table = []  # seq.num_cached_tokens stays: it describes the last admission
+        self._unregistered.pop(seq.seq_id, None)
 
 
 __all__ = ["BlockManager", "Block", "chain_hash"]

@@ -175,10 +175,12 @@ class LLMEngine:
 
     # -- one iteration -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one prefill or decode batch; one output per sequence that ran (with its new token)."""
+        """Run one prefill, decode or mixed batch; one output per sequence that got a new token (a
+        chunked prompt not at its end yet gets none). ``[]`` also when nothing is left to run."""
         start, preempted = time.perf_counter(), self.scheduler.num_preemptions
+        chunks = None
         if self.config.mixed_batches:
-            decode, prefill = self.scheduler.schedule_mixed()
+            decode, prefill, chunks = self.scheduler.schedule_mixed()
             seqs, is_prefill, num_decode = decode + prefill, bool(prefill), len(decode)
         else:
             seqs, is_prefill = self.scheduler.schedule()
@@ -186,14 +188,31 @@ class LLMEngine:
         if not seqs:
             return []
         tables = {s.request_id: tuple(s.block_table) for s in self.scheduler.running}
-        computed = num_decode + sum(len(s) - s.num_cached_tokens for s in seqs[num_decode:])
-        logits = self.runner.run(seqs, is_prefill, num_decode if is_prefill else 0)  # [B, V]
+        if chunks is None:  # whole prompts
+            chunks = [len(s) - s.num_computed_tokens for s in seqs[num_decode:]]
+        computed = num_decode + sum(chunks)
+        logits = self.runner.run(seqs, is_prefill, num_decode if is_prefill else 0, chunks if is_prefill else None)
         prompt_logits = None
         if isinstance(logits, tuple):
             logits, prompt_logits = logits
-        tokens = self.sampler(logits, [s.seq_id for s in seqs], [s.params for s in seqs])
+        for seq in seqs[:num_decode]:
+            seq.num_computed_tokens = len(seq)
+        partial = []  # chunked prompts not at their end yet: no token this step
+        for seq, n in zip(seqs[num_decode:], chunks):
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens < len(seq):
+                partial.append(seq)
+                self.block_manager.computed(seq, seq.num_computed_tokens)
+        ran = seqs
+        if partial:
+            done = [i for i, s in enumerate(seqs) if s.num_computed_tokens == len(s)]
+            seqs, logits = [seqs[i] for i in done], logits[done]
+            prompt_logits = None if prompt_logits is None else [prompt_logits[i] for i in done]
+        tokens = self.sampler(logits, [s.seq_id for s in seqs], [s.params for s in seqs]) if seqs else []
         self._record_logprobs(seqs, logits, tokens, prompt_logits)
         self.scheduler.postprocess(seqs, tokens)
+        for seq in seqs:  # the new token's K/V is computed by the next step
+            seq.num_computed_tokens = len(seq) - 1
         outputs, finished = [], {}
         for seq, token in zip(seqs, tokens):
             if self.output_processor.update_text(seq):  # a stop string ended it
@@ -206,7 +225,7 @@ class LLMEngine:
                 self._release(seq)
             new = [token] if seq.num_completion_tokens and seq.params.max_tokens else []
             outputs.append(self.output_processor.make_output(seq, new, prompt))
-        self._record_step(seqs, num_decode, computed, tables, finished, preempted, start)
+        self._record_step(ran, num_decode, computed, tables, finished, preempted, start)
         return outputs
 
     def _record_logprobs(self, seqs, logits, tokens, prompt_logits) -> None:
@@ -273,8 +292,9 @@ class LLMEngine:
             bar = tqdm(total=len(ids), desc="Generating", unit="req")
         pending = set(ids)
         while pending:
+            steps = self.num_steps
             outputs = self.step()
-            if not outputs:
+            if self.num_steps == steps:
                 raise RuntimeError(f"generate: the scheduler ran nothing with {len(pending)} requests pending")
             for out in outputs:
                 if out.finished and out.request_id in pending:

@@ -184,15 +184,17 @@ class ModelRunner:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
     # -- batch preparation ---------------------------------------------------------------------
-    def _prepare_prefill(self, seqs: list[Sequence], num_decode: int = 0) -> AttentionMetadata:
-        """Tokens ``num_cached_tokens .. len-1`` of every sequence, flattened. The first ``num_decode``
-        sequences are decoding (a mixed step): each computes its last token only, over all before it."""
+    def _prepare_prefill(self, seqs: list[Sequence], num_decode: int = 0, chunks=None) -> AttentionMetadata:
+        """Tokens ``num_computed_tokens .. len-1`` of every sequence, flattened (``chunks[i]`` of them
+        for ``seqs[num_decode + i]`` in a chunked prefill). The first ``num_decode`` sequences are
+        decoding (a mixed step): each computes its last token only, over all before it."""
         ids, positions, slots, spans, rows, start, bs = [], [], [], [], [], 0, self.block_size
         for j, seq in enumerate(seqs):
-            cached = len(seq) - 1 if j < num_decode else seq.num_cached_tokens
-            new = range(cached, len(seq))
+            cached = seq.num_computed_tokens
+            end = len(seq) if chunks is None or j < num_decode else cached + chunks[j - num_decode]
+            new = range(cached, end)
             table = seq.block_table
-            ids += seq.token_ids[cached:]
+            ids += seq.token_ids[cached:end]
             positions += new
             slots += [table[p // bs] * bs + p % bs for p in new]
             spans.append((start, start + len(new), cached, self._tensor(table) if cached else None))
@@ -345,10 +347,13 @@ class ModelRunner:
         return self.linear(self.model.lm_head, inner.norm(h)).float()
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool, num_decode: int = 0):
+    def run(self, seqs: list[Sequence], is_prefill: bool, num_decode: int = 0, chunks=None):
         """Next-token logits ``[len(seqs), vocab]`` (fp32) of each sequence's last position.
 
-        A mixed step is a prefill whose first ``num_decode`` sequences are decoding (one new token each).
+        A prefill computes each sequence's tokens from ``num_computed_tokens`` on: to its end, or
+        ``chunks[i]`` of them for ``seqs[num_decode + i]`` (a chunked prefill: the logits of a chunk
+        that stops short of the end are not a next token). A mixed step is a prefill whose first
+        ``num_decode`` sequences are decoding (one new token each).
 
         In a prefill where some sequence wants prompt logprobs, returns ``(logits, prompt_logits)``
         instead: ``prompt_logits[i]`` is ``[S_i, vocab]`` (every prompt position of sequence ``i``,
@@ -360,7 +365,7 @@ class ModelRunner:
             if logits is None:
                 logits = self.decode_logits(meta)  # [B, V], in the rows' (maybe sorted) order
             return logits if meta.unsort is None else logits[meta.unsort]
-        meta = self._prepare_prefill(seqs, num_decode)
+        meta = self._prepare_prefill(seqs, num_decode, chunks)
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
         h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted

@@ -6,6 +6,9 @@ one joins at the next step. Each :meth:`Scheduler.schedule` returns either a *pr
 ``max_num_seqs``) or, when no waiting sequence can be admitted, a *decode* batch of every running
 sequence. Prefill and decode never share a step (as in nano-vllm): the simplest correct design.
 
+:meth:`schedule_mixed` is the other policy (``EngineConfig(mixed_batches=True)``): every step
+decodes the running sequences and fills the rest of the token budget with chunks of prompts.
+
 When the pool has no block for a decoding sequence's next token, the most recently admitted
 running sequence is *preempted by recompute*: its blocks are freed and it goes back to the head of
 the waiting queue; on readmission its prompt plus the tokens generated so far are prefilled again
@@ -77,13 +80,21 @@ class Scheduler:
         self.running.extend(scheduled)
         return scheduled, False
 
-    def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence]]:
-        """``(decode, prefill)`` for one mixed step: every running sequence gets its next slot
-        (preempting the newest when the pool is full, as :meth:`schedule` does), then waiting
-        sequences are admitted, first come first served, into what is left of the token budget."""
+    def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence], list[int]]:
+        """``(decode, prefill, chunks)`` for one step of chunked prefill mixed with decode (vLLM's
+        scheduler). Every running sequence with a new token gets its slot and decodes (preempting
+        the newest when the pool is full, as :meth:`schedule` does); then the running sequences
+        part-way through their prompt, then waiting ones first come first served, get *chunks* of
+        their prompts that fill what is left of ``max_num_batched_tokens``. ``chunks[i]`` is how
+        many tokens ``prefill[i]`` computes in this step; a chunk that reaches the end of its
+        sequence gives the next token. A sequence that wants prompt logprobs is admitted whole."""
         decode: list[Sequence] = []
+        kept: list[Sequence] = []
         while self.running:
             seq = self.running.popleft()
+            if seq.num_computed_tokens < len(seq) - 1:  # part-way through its prompt: its blocks are there
+                kept.append(seq)
+                continue
             while not self.block_manager.can_append(seq):
                 if self.running:
                     self.preempt(self.running.pop())
@@ -93,25 +104,35 @@ class Scheduler:
             else:
                 self.block_manager.append_slot(seq)
                 decode.append(seq)
-        self.running.extend(decode)
+                kept.append(seq)
+        self.running.extend(kept)
+        budget = self.max_num_batched_tokens - len(decode)
         prefill: list[Sequence] = []
-        num_tokens = len(decode)
-        while self.waiting and len(self.running) < self.max_num_seqs:
+        chunks: list[int] = []
+        for seq in kept:
+            if seq.num_computed_tokens < len(seq) - 1 and budget > 0:
+                n = min(len(seq) - seq.num_computed_tokens, budget)
+                prefill.append(seq)
+                chunks.append(n)
+                budget -= n
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+            if (seq.wants_prompt_logits and len(seq) > budget) or not self.block_manager.can_allocate(seq):
                 break
-            self.block_manager.allocate(seq)
-            num_tokens += len(seq) - seq.num_cached_tokens
+            self.block_manager.allocate(seq, budget)
+            n = min(len(seq) - seq.num_cached_tokens, budget)
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
             self.running.append(seq)
             prefill.append(seq)
-        return decode, prefill
+            chunks.append(n)
+            budget -= n
+        return decode, prefill, chunks
 
     def preempt(self, seq: Sequence) -> None:
         """Free ``seq``'s blocks and requeue it first in line, to be recomputed."""
         self.block_manager.free(seq)
-        seq.status = SequenceStatus.WAITING
+        seq.status, seq.num_computed_tokens = SequenceStatus.WAITING, 0
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 

@@ -22,7 +22,9 @@ class Sequence:
 
     ``block_table[i]`` is the pool block holding positions ``i*block_size .. (i+1)*block_size-1``;
     ``num_cached_tokens`` is how many leading tokens already had their K/V in the pool
-    (prefix cache) when the sequence was last admitted, so its prefill skips them.
+    (prefix cache) when the sequence was last admitted, so its prefill skips them;
+    ``num_computed_tokens`` how many leading tokens have their K/V in the pool now (cached ones and
+    every computed chunk of the prompt; ``len - 1`` while it decodes).
     """
 
     _ids = itertools.count()
@@ -38,6 +40,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
         self.num_cached_tokens = 0
+        self.num_computed_tokens = 0
         self.finish_reason: str | None = None  # "stop", "length" or "abort"
         self.stop_reason: int | str | None = None  # the stop token id or stop string that matched
         # Log-probabilities, when the params ask for them (filled by the engine).
