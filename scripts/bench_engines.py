@@ -3,9 +3,12 @@
     make bench-vllm                                   # installs .venv-vllm, runs every workload
     .venv/bin/python scripts/bench_engines.py --rounds 5 --threads 2 [--workloads ch6 chat ...]
 
+Engines: HF static batches of 16 (``hf``), our engine with its defaults (``tutx``), our engine
+with vLLM's scheduling policy — chunked prompts mixed into decode steps, ``mixed_batches=True``
+(``tutx_mixed``) — and vLLM's offline engine (``vllm``), all with ``max_num_seqs=64``.
 Every engine runs in its own long-lived worker process (ours and HF from ``.venv``, vLLM from
 ``.venv-vllm``), loaded and warmed up once; start-up and warm-up are timed separately. Then the
-rounds are **interleaved** — A B C, B C A, C A B, … — so that a slow patch of a shared machine
+rounds are **interleaved** — A B C D, B C D A, … — so that a slow patch of a shared machine
 hits every engine alike, and each engine gets the same requests and the same thread count.
 All requests arrive at once (offline), greedy, end-of-sequence ignored, so every engine must
 produce exactly the tokens of Hugging Face ``generate`` run one request at a time (checked).
@@ -30,7 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("hf", "tutx", "vllm")
+ENGINES = ("hf", "tutx", "tutx_mixed", "vllm")
+TUTX_CONFIGS = {"tutx": {}, "tutx_mixed": {"mixed_batches": True}}  # our engine's defaults; vLLM's scheduling policy
 WORKLOADS = ("ch6", "chat", "summary", "prefix", "ch6_80m")
 
 
@@ -114,10 +118,10 @@ class _Clock:
         return {"seconds": seconds, "tokens": tokens, "ttft": ttft, "tpot": tpot}
 
 
-def _run_tutx(state, work) -> dict:
+def _run_tutx(state, work, config=None) -> dict:
     from tutx.engine import EngineConfig, LLMEngine, SamplingParams
     if "engine" not in state:
-        state["engine"] = LLMEngine(state["model"], state["tok"], EngineConfig(max_num_seqs=64))
+        state["engine"] = LLMEngine(state["model"], state["tok"], EngineConfig(max_num_seqs=64, **(config or {})))
     engine = state["engine"]
     if not engine.reset_prefix_cache():  # every run pays for its prompts (prefix sharing within a run still counts)
         raise RuntimeError("tutx: requests still running before a run")
@@ -218,8 +222,8 @@ def worker(engine: str, model_path: str, threads: int) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         state["model"] = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         state["tok"] = AutoTokenizer.from_pretrained(model_path)
-        version = __import__("tutx").__version__ if engine == "tutx" else __import__("transformers").__version__
-    run = {"hf": _run_hf, "tutx": _run_tutx, "vllm": _run_vllm}[engine]
+        version = __import__("tutx").__version__ if engine in TUTX_CONFIGS else __import__("transformers").__version__
+    run = {"hf": _run_hf, "vllm": _run_vllm}.get(engine) or (lambda st, w: _run_tutx(st, w, TUTX_CONFIGS[engine]))
     print(json.dumps({"ready": True, "load_s": time.perf_counter() - t0, "version": version,
                       "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:

@@ -10,7 +10,7 @@ plus ``"c_glue": false``, a measurement-only switch that turns off the C layer g
 ``--rounds`` timed runs in alternating order (A B C, C B A, ...), so that a slow patch of a shared
 machine hits all of them. Tokens must be identical across engines and runs. Prints, and appends to
 ``tutx/results/logs/engine_levers.log``, each engine's median output tokens/s, its time relative to
-the first engine, min–max, median CPU time and TPOT p50.
+the first engine, min–max, median CPU time, TTFT p50 and TPOT p50.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv=None) -> list[str]:
         engine.runner.cpu_ops = engine.runner.cpu_ops and glue
         state = {"model": model, "tok": tok, "engine": engine}
         engines.append({"label": text, "state": state, "ref": bench_engines._run_tutx(state, work)["tokens"],
-                        "wall": [], "cpu": [], "tpot": []})
+                        "wall": [], "cpu": [], "tpot": [], "ttft": []})
     if any(e["ref"] != engines[0]["ref"] for e in engines):
         raise SystemExit("the engines produced different tokens")
     for r in range(args.rounds):
@@ -66,6 +66,7 @@ def main(argv=None) -> list[str]:
             e["cpu"].append(time.process_time() - cpu)
             e["wall"].append(out["seconds"])
             e["tpot"].append(statistics.median(out["tpot"]))
+            e["ttft"].append(statistics.median(out["ttft"]))
             if out["tokens"] != e["ref"]:
                 raise SystemExit(f"{e['label']}: tokens changed between runs")
     n_out = sum(work["output_lens"])
@@ -76,7 +77,8 @@ def main(argv=None) -> list[str]:
         wall = statistics.median(e["wall"])
         lines.append(f"{e['label']:60s} {n_out / wall:6.0f} tok/s  time {wall / first:5.3f}x of the first  "
                      f"min-max {n_out / max(e['wall']):.0f}-{n_out / min(e['wall']):.0f}  "
-                     f"CPU {statistics.median(e['cpu']):.2f} s  TPOT p50 {statistics.median(e['tpot']) * 1e3:.1f} ms")
+                     f"CPU {statistics.median(e['cpu']):.2f} s  TTFT p50 {statistics.median(e['ttft']) * 1e3:.0f} ms  "
+                     f"TPOT p50 {statistics.median(e['tpot']) * 1e3:.1f} ms")
     print("\n".join(lines))
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("a") as f:

@@ -658,10 +658,11 @@ else:
 # Hugging Face `generate` is the easy baseline. The engine people actually deploy is vLLM, and
 # its CPU build runs the same tiny Llama on the same machine. `scripts/bench_engines.py`
 # (`make bench-vllm`, which installs vLLM into its own environment, `.venv-vllm`) sends the
-# same requests to three engines — HF static batches of 16, our `LLMEngine` and vLLM's offline
+# same requests to four engines — HF static batches of 16, our `LLMEngine` with its defaults,
+# our `LLMEngine` with vLLM's scheduling policy (`mixed_batches=True`, below) and vLLM's offline
 # engine — each in its own long-lived process with the same thread count, start-up and warm-up
-# timed apart, and the timed runs **interleaved** (A B C, B C A, …) so that a busy patch of a
-# shared machine hits all three alike. Every engine must return exactly the tokens of `generate`
+# timed apart, and the timed runs **interleaved** (A B C D, B C D A, …) so that a busy patch of
+# a shared machine hits all of them alike. Every engine must return exactly the tokens of `generate`
 # run one request at a time. The workloads: the Chapter 6 mix of Section 5; *chat* (short
 # prompts, long answers); *summary* (long prompts, short answers); *prefix* (the same
 # 200-token system prompt before every request, where prefix caching pays); and the Chapter 6
@@ -671,7 +672,8 @@ else:
 # nothing is typed in.
 
 # %%
-ENGINE_NAMES = {"hf": "HF static (16)", "tutx": "tutx LLMEngine", "vllm": "vLLM (CPU)"}
+ENGINE_NAMES = {"hf": "HF static (16)", "tutx": "tutx LLMEngine", "tutx_mixed": "tutx, mixed steps",
+                "vllm": "vLLM (CPU)"}
 engines_run = latest("engines")
 if engines_run is None:
     print("Engine comparison not recorded yet: run `make bench-vllm` (it writes tutx/results/engines-*.json); "
@@ -704,7 +706,8 @@ else:
         med = [engines_run.rows[i][key]["tokens_per_s"]["median"] for i in xs]
         lo = [m - engines_run.rows[i][key]["tokens_per_s"]["min"] for i, m in zip(xs, med)]
         hi = [engines_run.rows[i][key]["tokens_per_s"]["max"] - m for i, m in zip(xs, med)]
-        ax.bar([i + (j - 1) * width for i in xs], med, width, yerr=[lo, hi], capsize=3, label=label)
+        ax.bar([i + (j - (len(ENGINE_NAMES) - 1) / 2) * width for i in xs], med, width, yerr=[lo, hi],
+               capsize=3, label=label)
     ax.set_xticks(range(len(workloads)), workloads)
     ax.set_yscale("log")  # the 80M model runs an order of magnitude slower than the tiny one
     ax.set(ylabel="output tokens/s (median, min–max)",
@@ -716,14 +719,16 @@ else:
 # **What each engine does that the other does not.** Both schedule at the iteration level, keep
 # the KV cache in fixed-size blocks and share identical prompt blocks between requests (the
 # harness empties both prefix caches before every run, so each run pays for its prompts). vLLM
-# compiles the model's graph (part of its warm-up time in the table) and its scheduler mixes
-# *chunks* of long prompts with the decode steps of running requests, so a long prompt never
-# stalls everybody else's next token — which is what the *summary* workload's TPOT column probes.
-# Ours, by default, runs a step of whole prompts *or* a step of decodes, so requests admitted
-# earlier wait through every prefill step of a burst; `EngineConfig(mixed_batches=True)` puts
-# the running requests' decodes and the newcomers' whole prompts in one step instead, which cuts
-# that wait only when the token budget per step is small (PERF_NOTES.md has the measurement).
-# On the CPU both engines now do the same three things below the Python: attention in C over the
+# compiles the model's graph (part of its warm-up time in the table). The schedulers differ by
+# default: ours runs a step of whole prompts *or* a step of decodes (nano-vllm's policy), so
+# requests admitted early in a burst wait through every later prefill step; vLLM's puts the
+# running requests' decodes in every step and fills the rest of the token budget with *chunks*
+# of prompts, a long prompt split over several steps. `EngineConfig(mixed_batches=True)` is that
+# policy in our engine (the "mixed steps" rows), from `Scheduler.schedule_mixed` and a prompt's
+# `num_computed_tokens`; a chunk's blocks join the prefix cache only once their keys and values
+# are computed. Which policy wins depends on the workload and the budget: compare the two tutx
+# rows per workload, and see `tutx/results/PERF_NOTES.md` for budgets from 512 to 2,048 tokens.
+# On the CPU both engines do the same three things below the Python: attention in C over the
 # paged cache, linear layers through oneDNN with weights reordered once at start-up, and the
 # elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes.
 #
@@ -732,28 +737,33 @@ else:
 # `scripts/engine_levers.py` (engine variants timed interleaved in one process). A profile of the
 # Chapter 6 mix showed where a decode step went: matrix products, decode attention — most of it
 # the copy that gathered every sequence's pages into a dense block — and, on a model this small,
-# dozens of tiny operators per layer, each a few microseconds of dispatch. Three changes moved
-# the numbers — the cell below shows the latest measurement of each, one engine per row: a C kernel
-# (`tutx/kernels/csrc/paged_decode_cpu.c`, built on first use) that reads the pages in place;
-# linear weights prepacked for oneDNN, with the q/k/v and gate/up products fused
-# (`EngineConfig(prepack_weights=True)`); and the layer glue in C (`tutx.kernels.llama_cpu_ops`).
-# Others did not: `torch.compile` of the decode step (minutes of compiling, no faster), pinning
-# each thread to a core (slower here), and a prefill kernel tiled over query rows (slower than
-# treating each prompt token as a decode row). Greedy output stays token-identical to `generate`
-# with every option, as the table's last column checks.
+# dozens of tiny operators per layer, each a few microseconds of dispatch. These changes moved
+# the numbers — the cell below shows the latest measurement of the switchable ones, one engine
+# per row: a C kernel (`tutx/kernels/csrc/paged_decode_cpu.c`, built on first use) that reads
+# the pages in place; linear weights prepacked for oneDNN, with the q/k/v and gate/up products
+# fused (`EngineConfig(prepack_weights=True)`); the layer glue in C (`tutx.kernels.llama_cpu_ops`);
+# and, for prompts, the same C file's prefill path, which puts a KV head's query heads for a few
+# consecutive prompt tokens into the 16 lanes of a vector register so that every key row feeds
+# 16 scores at once. Others did not: `torch.compile` of the decode step (minutes of compiling,
+# no faster), pinning each thread to a core (slower here), a first prefill kernel that put
+# *keys* in the lanes (slower), and two rewrites of the decode kernel's inner loops (no faster in
+# the engine). Greedy output stays token-identical to `generate` with every option, as the
+# table's last column checks.
 
 # %%
 levers_log = Path(tutx.__file__).parent / "results" / "logs" / "engine_levers.log"
 blocks = levers_log.read_text().strip().split("\n# ")[::-1] if levers_log.exists() else []
-block = next((b for b in blocks if "workload ch6," in b.splitlines()[0]), None)
+block = next((b for b in blocks if "workload ch6," in b.splitlines()[0] and '"c_glue": false' in b), None)
 if block is None:
     print("No lever measurements recorded yet: run scripts/engine_levers.py.")
 else:
-    LINE = re.compile(r"^(\{.*?\})\s+(\d+) tok/s\s+time ([\d.]+)x.*?min-max (\d+)-(\d+)\s+CPU ([\d.]+) s\s+TPOT p50 ([\d.]+) ms")
+    LINE = re.compile(r"^(\{.*?\})\s+(\d+) tok/s\s+time ([\d.]+)x.*?min-max (\d+)-(\d+)\s+CPU ([\d.]+) s"
+                      r"\s+(?:TTFT p50 (\d+) ms\s+)?TPOT p50 ([\d.]+) ms")
     rows = [m.groups() for m in map(LINE.match, block.splitlines()[1:]) if m]
     show_table([{"engine (EngineConfig changes)": r[0], "tokens/s (median)": int(r[1]), "min": int(r[3]),
                  "max": int(r[4]), "time vs first row": float(r[2]), "CPU s": float(r[5]),
-                 "TPOT p50 ms": float(r[6])} for r in rows], digits=2)
+                 "TTFT p50 ms": None if r[6] is None else int(r[6]), "TPOT p50 ms": float(r[7])} for r in rows],
+               digits=2)
     print(block.splitlines()[0].lstrip("# "))
 
 # %% [markdown]

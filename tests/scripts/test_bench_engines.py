@@ -76,3 +76,20 @@ def test_refuses_clearly_without_vllm(bench, tmp_path):
     with pytest.raises(SystemExit, match="vLLM is not installed.*make bench-vllm"):
         bench.main(["--vllm-python", str(tmp_path / "no-python"), "--workloads", "ch6", "--out", str(tmp_path)])
     assert not list(tmp_path.glob("*.json"))  # nothing written
+
+
+def test_both_tutx_configs_run_and_agree(bench, tok):
+    """``tutx`` (the defaults) and ``tutx_mixed`` (chunked prompts in decode steps) give the same tokens."""
+    from tutx.models import load_tiny
+    model, _ = load_tiny()
+    assert set(bench.TUTX_CONFIGS) < set(bench.ENGINES)
+    work = bench.build_workload("summary", tok)
+    work = {"prompts": work["prompts"][:6], "output_lens": work["output_lens"][:6]}
+    out = {}
+    for name, config in bench.TUTX_CONFIGS.items():
+        state = {"model": model, "tok": tok}
+        out[name] = bench._run_tutx(state, work, config)
+        assert state["engine"].config.mixed_batches == config.get("mixed_batches", False)
+        assert [len(t) for t in out[name]["tokens"]] == work["output_lens"]
+        assert all(f > 0 for f in out[name]["ttft"])
+    assert out["tutx"]["tokens"] == out["tutx_mixed"]["tokens"]

@@ -31,10 +31,11 @@ class EngineConfig:
       sizes ``graph_batch_sizes`` (None: 1, 2, 4, ... up to ``max_num_seqs``); a step of ``B``
       sequences is padded to the next of them. Falls back to eager, with a warning, where it
       cannot run.
-    - ``mixed_batches``: every step decodes all running sequences *and* prefills the waiting ones
-      that fit the rest of ``max_num_batched_tokens`` (whole prompts), so a burst of prompts no
-      longer stalls the running requests' next tokens (vLLM's scheduler does this with chunks of
-      prompts). False: a step is either a prefill or a decode (nano-vllm's scheduler).
+    - ``mixed_batches``: vLLM's scheduling policy. Every step decodes all running sequences *and*
+      fills the rest of ``max_num_batched_tokens`` with prompts, cutting the last one that does
+      not fit into chunks computed over several steps, so a burst of prompts no longer stalls
+      the running requests' next tokens (a request that wants prompt logprobs is admitted
+      whole). False: a step is either a prefill of whole prompts or a decode (nano-vllm's policy).
     - ``prepack_weights``: on a CPU, reorder every linear weight once for oneDNN
       (:mod:`tutx.engine.cpu_linear`); costs a second copy of those weights. Eager steps only.
     """

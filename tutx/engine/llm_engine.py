@@ -191,6 +191,7 @@ class LLMEngine:
         if chunks is None:  # whole prompts
             chunks = [len(s) - s.num_computed_tokens for s in seqs[num_decode:]]
         computed = num_decode + sum(chunks)
+        cached = sum(s.num_cached_tokens for s in seqs[num_decode:] if s.num_computed_tokens == s.num_cached_tokens)
         logits = self.runner.run(seqs, is_prefill, num_decode if is_prefill else 0, chunks if is_prefill else None)
         prompt_logits = None
         if isinstance(logits, tuple):
@@ -225,7 +226,7 @@ class LLMEngine:
                 self._release(seq)
             new = [token] if seq.num_completion_tokens and seq.params.max_tokens else []
             outputs.append(self.output_processor.make_output(seq, new, prompt))
-        self._record_step(ran, num_decode, computed, tables, finished, preempted, start)
+        self._record_step(ran, num_decode, computed, cached, tables, finished, preempted, start)
         return outputs
 
     def _record_logprobs(self, seqs, logits, tokens, prompt_logits) -> None:
@@ -241,7 +242,7 @@ class LLMEngine:
                 seq.prompt_logprobs = [None] + top_logprobs(lg[:n - 1], seq.token_ids[1:n],
                                                             [seq.params.prompt_logprobs] * (n - 1)) if n > 1 else [None]
 
-    def _record_step(self, seqs, num_decode, computed, tables, finished, preempted, start) -> None:
+    def _record_step(self, seqs, num_decode, computed, cached, tables, finished, preempted, start) -> None:
         bm, sched = self.block_manager, self.scheduler
         self.num_steps += 1
         prefilled = seqs[num_decode:]
@@ -249,7 +250,7 @@ class LLMEngine:
         stats = StepStats(
             step=self.num_steps - 1, kind=kind,
             request_ids=tuple(s.request_id for s in seqs), num_tokens=computed,
-            num_cached_tokens=sum(s.num_cached_tokens for s in prefilled),
+            num_cached_tokens=cached,
             prefill_request_ids=tuple(s.request_id for s in prefilled),
             block_tables=tables, num_blocks_used=bm.num_blocks - bm.num_free_blocks,
             num_blocks_free=bm.num_free_blocks, num_waiting=len(sched.waiting), num_running=len(sched.running),

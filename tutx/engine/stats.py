@@ -15,11 +15,13 @@ class StepStats:
 
     - ``kind``: "prefill", "decode", or "mixed" (both, with ``EngineConfig(mixed_batches=True)``).
     - ``request_ids``: the requests that ran, in batch order.
-    - ``num_tokens``: positions computed (the prompt tokens not served by the prefix cache, or one per
-      sequence in a decode step).
-    - ``num_cached_tokens``: prompt tokens served by the prefix cache (prefill steps).
+    - ``num_tokens``: positions computed (the prompt tokens, or chunks of them, not served by the
+      prefix cache, plus one per decoding sequence).
+    - ``num_cached_tokens``: prompt tokens served by the prefix cache (counted in the step that
+      admitted the prompt).
     - ``prefill_request_ids``: the requests whose prompts this step prefilled (all of them in a
-      prefill step, none in a decode step, the newly admitted ones in a mixed step).
+      prefill step, none in a decode step; in a mixed step the newly admitted ones and the
+      chunked prompts it continued).
     - ``block_tables``: each *running* request's block table during the step (before finished ones
       freed theirs), request id -> pool block ids.
     - ``num_blocks_used / num_blocks_free``: the pool after the step.
