@@ -190,3 +190,27 @@ def test_repr():
     sched.add(s)
     sched.schedule()
     assert "running=1" in repr(sched)
+
+
+def test_mixed_prefill_budget_caps_prompts_only_in_steps_that_decode():
+    sched = Scheduler(BlockManager(16, 4), 4, 20, mixed_prefill_budget=5)
+    a, b = seq(12, 0), seq(10, 100)
+    sched.add(a)
+    step = sched.schedule_mixed()
+    assert step == ([], [a], [12])  # nothing decodes yet: the whole budget
+    ran(*step)
+    sched.add(b)
+    step = sched.schedule_mixed()  # a decodes: b gets 5 tokens, not the 19 left
+    assert step == ([a], [b], [5])
+    ran(*step)
+    assert sched.schedule_mixed() == ([a], [b], [5])
+
+
+def test_mixed_prefill_budget_does_not_starve_a_prompt_logprobs_request():
+    from tutx.engine.sampling import SamplingParams
+    sched = Scheduler(BlockManager(16, 4), 4, 20, mixed_prefill_budget=5)
+    a, b = seq(8, 0), Sequence(list(range(100, 110)), SamplingParams(prompt_logprobs=1))
+    sched.add(a)
+    ran(*sched.schedule_mixed())
+    sched.add(b)
+    assert sched.schedule_mixed() == ([a], [b], [10])  # whole, within the 19 left of the full budget

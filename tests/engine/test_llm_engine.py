@@ -71,8 +71,10 @@ def assert_all_blocks_free(engine):
     EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176),  # prompts cut into chunks
     EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176, attention_backend="sdpa",
                  prepack_weights=False),  # ... in PyTorch
+    EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176, mixed_prefill_budget=24),
 ], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group", "cpu-kernel",
-        "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa", "chunked", "chunked-sdpa"])
+        "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa", "chunked", "chunked-sdpa",
+        "chunked-capped"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)
@@ -87,7 +89,7 @@ def test_greedy_matches_hf_generate(tiny, prompts, config):
         assert out.text == tok.decode(out.token_ids, skip_special_tokens=True)
     if config.num_blocks is not None:
         assert engine.scheduler.num_preemptions >= 1
-    if config.max_num_batched_tokens == 176:
+    if config.max_num_batched_tokens == 176:  # (the capped config chunks prompts while others decode)
         assert chunked, "no prompt was cut into chunks"
     assert_all_blocks_free(engine)
 
@@ -321,6 +323,10 @@ def test_errors(tiny, prompts):
         EngineConfig(attention_backend="cuda")
     with pytest.raises(ValueError, match="decode_group_size"):
         EngineConfig(decode_group_size=0)
+    with pytest.raises(ValueError, match="mixed_prefill_budget: .*mixed_batches=True"):
+        EngineConfig(mixed_prefill_budget=256)
+    with pytest.raises(ValueError, match="mixed_prefill_budget"):
+        EngineConfig(mixed_batches=True, mixed_prefill_budget=0)
     with pytest.raises(ValueError, match="max_position_embeddings=512"):
         LLMEngine(model, tok, EngineConfig(max_model_len=4096))
     with pytest.raises(TypeError, match="Llama-style"):

@@ -36,6 +36,10 @@ class EngineConfig:
       not fit into chunks computed over several steps, so a burst of prompts no longer stalls
       the running requests' next tokens (a request that wants prompt logprobs is admitted
       whole). False: a step is either a prefill of whole prompts or a decode (nano-vllm's policy).
+    - ``mixed_prefill_budget``: with ``mixed_batches``, the most prompt tokens a step takes while
+      some sequence decodes (None: the rest of ``max_num_batched_tokens``). Smaller keeps the
+      running requests' time per output token down during a burst of prompts; a step with
+      nothing to decode still takes a whole budget of prompts.
     - ``prepack_weights``: on a CPU, reorder every linear weight once for oneDNN
       (:mod:`tutx.engine.cpu_linear`); costs a second copy of those weights. Eager steps only.
     """
@@ -52,11 +56,13 @@ class EngineConfig:
     graph_batch_sizes: tuple | None = None
     prepack_weights: bool = True
     mixed_batches: bool = False
+    mixed_prefill_budget: int | None = None
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
         check_positive_int("max_num_seqs", self.max_num_seqs)
-        for name in ("num_blocks", "max_num_batched_tokens", "max_model_len", "decode_group_size"):
+        for name in ("num_blocks", "max_num_batched_tokens", "max_model_len", "decode_group_size",
+                     "mixed_prefill_budget"):
             check_optional_int(name, getattr(self, name), minimum=1)
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
@@ -69,6 +75,8 @@ class EngineConfig:
                                 f"got {self.graph_batch_sizes!r}")
             for i, size in enumerate(self.graph_batch_sizes):
                 check_positive_int(f"graph_batch_sizes[{i}]", size)
+        if self.mixed_prefill_budget is not None and not self.mixed_batches:
+            raise ValueError("mixed_prefill_budget: applies to mixed steps only; set mixed_batches=True too")
         if self.max_num_batched_tokens is not None and self.max_model_len is not None \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(f"max_num_batched_tokens: expected >= max_model_len={self.max_model_len} "

@@ -26,11 +26,13 @@ class Scheduler:
     """FCFS admission, decode of all running sequences, preemption by recompute."""
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int | None = None, eos_token_ids=frozenset()):
+                 max_model_len: int | None = None, eos_token_ids=frozenset(),
+                 mixed_prefill_budget: int | None = None):
         # Trusted arguments: LLMEngine and EngineConfig checked them (CONTRIBUTING.md, "Errors").
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.mixed_prefill_budget = mixed_prefill_budget  # prompt tokens per mixed step that also decodes
         self.max_model_len = max_model_len  # None: no context limit (tests of the scheduler alone)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
@@ -87,7 +89,9 @@ class Scheduler:
         part-way through their prompt, then waiting ones first come first served, get *chunks* of
         their prompts that fill what is left of ``max_num_batched_tokens``. ``chunks[i]`` is how
         many tokens ``prefill[i]`` computes in this step; a chunk that reaches the end of its
-        sequence gives the next token. A sequence that wants prompt logprobs is admitted whole."""
+        sequence gives the next token. A sequence that wants prompt logprobs is admitted whole.
+        In a step that decodes, prompts get at most ``mixed_prefill_budget`` tokens (when set), so
+        the decoding requests' steps stay short; a step with nothing to decode gets the whole budget."""
         decode: list[Sequence] = []
         kept: list[Sequence] = []
         while self.running:
@@ -106,7 +110,8 @@ class Scheduler:
                 decode.append(seq)
                 kept.append(seq)
         self.running.extend(kept)
-        budget = self.max_num_batched_tokens - len(decode)
+        full = self.max_num_batched_tokens - len(decode)  # what a whole prompt may take
+        budget = full if not decode or self.mixed_prefill_budget is None else min(full, self.mixed_prefill_budget)
         prefill: list[Sequence] = []
         chunks: list[int] = []
         for seq in kept:
@@ -114,19 +119,21 @@ class Scheduler:
                 n = min(len(seq) - seq.num_computed_tokens, budget)
                 prefill.append(seq)
                 chunks.append(n)
-                budget -= n
+                budget, full = budget - n, full - n
         while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            if (seq.wants_prompt_logits and len(seq) > budget) or not self.block_manager.can_allocate(seq):
+            # A prompt-logprobs request goes whole, within the full budget (the cap would starve it).
+            if (seq.wants_prompt_logits and len(seq) > full) or not self.block_manager.can_allocate(seq):
                 break
-            self.block_manager.allocate(seq, budget)
-            n = min(len(seq) - seq.num_cached_tokens, budget)
+            take = full if seq.wants_prompt_logits else budget
+            self.block_manager.allocate(seq, take)
+            n = min(len(seq) - seq.num_cached_tokens, take)
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
             self.running.append(seq)
             prefill.append(seq)
             chunks.append(n)
-            budget -= n
+            budget, full = budget - n, full - n
         return decode, prefill, chunks
 
     def preempt(self, seq: Sequence) -> None:
