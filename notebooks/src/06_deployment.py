@@ -728,6 +728,8 @@ else:
 # `num_computed_tokens`; a chunk's blocks join the prefix cache only once their keys and values
 # are computed. Which policy wins depends on the workload and the budget: compare the two tutx
 # rows per workload, and see `tutx/results/PERF_NOTES.md` for budgets from 512 to 2,048 tokens.
+# `EngineConfig(mixed_prefill_budget=N)` caps the prompt tokens of a step that also decodes, which
+# trades throughput for a shorter time per output token during a burst of prompts.
 # On the CPU both engines do the same three things below the Python: attention in C over the
 # paged cache, linear layers through oneDNN with weights reordered once at start-up, and the
 # elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes.
