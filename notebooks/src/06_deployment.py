@@ -762,7 +762,7 @@ else:
     LINE = re.compile(r"^(\{.*?\})\s+(\d+) tok/s\s+time ([\d.]+)x.*?min-max (\d+)-(\d+)\s+CPU ([\d.]+) s"
                       r"\s+(?:TTFT p50 (\d+) ms\s+)?TPOT p50 ([\d.]+) ms")
     rows = [m.groups() for m in map(LINE.match, block.splitlines()[1:]) if m]
-    show_table([{"engine (EngineConfig changes)": r[0], "tokens/s (median)": int(r[1]), "min": int(r[3]),
+    show_table([{"engine (EngineConfig changes)": f"`{r[0]}`", "tokens/s (median)": int(r[1]), "min": int(r[3]),
                  "max": int(r[4]), "time vs first row": float(r[2]), "CPU s": float(r[5]),
                  "TTFT p50 ms": None if r[6] is None else int(r[6]), "TPOT p50 ms": float(r[7])} for r in rows],
                digits=2)
