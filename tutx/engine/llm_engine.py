@@ -197,10 +197,8 @@ class LLMEngine:
         prompt_logits = None
         if isinstance(logits, tuple):
             logits, prompt_logits = logits
-        for seq in seqs[:num_decode]:
-            seq.num_computed_tokens = len(seq)
         partial = []  # chunked prompts not at their end yet: no token this step
-        for seq, n in zip(seqs[num_decode:], chunks):
+        for seq, n in zip(seqs, [1] * num_decode + chunks):  # a decoding sequence computes its last token
             seq.num_computed_tokens += n
             if seq.num_computed_tokens < len(seq):
                 partial.append(seq)
