@@ -4,8 +4,10 @@
         '{}' '{"c_glue": false}' '{"prepack_weights": false}' '{"attention_backend": "sdpa", "prepack_weights": false}'
 
 Each argument is one engine: ``EngineConfig`` fields as JSON (``max_num_seqs=64`` unless given),
-plus ``"c_glue": false``, a measurement-only switch that turns off the C layer glue
-(``ModelRunner.cpu_ops``) and leaves the rest. All engines share one model, get the workload of
+plus three measurement-only switches: ``"c_glue": false`` turns off the C layer glue
+(``ModelRunner.cpu_ops``) and leaves the rest; ``"keys_transposed": false`` keeps the C path's keys
+in rows (``ModelRunner.keys_transposed``); ``"few_rows": false`` runs every product through oneDNN
+(``PackedLinears.few_rows``). All engines share one model, get the workload of
 ``scripts/bench_engines.py`` (the same requests, greedy, eos ignored), one warm-up run each, then
 ``--rounds`` timed runs in alternating order (A B C, C B A, ...), so that a slow patch of a shared
 machine hits all of them. Tokens must be identical across engines and runs. Prints, and appends to
@@ -51,9 +53,12 @@ def main(argv=None) -> list[str]:
     engines = []
     for text in args.configs:
         spec = json.loads(text)
-        glue = spec.pop("c_glue", True)
+        glue, transposed = spec.pop("c_glue", True), spec.pop("keys_transposed", True)
+        few_rows = spec.pop("few_rows", True)
         engine = LLMEngine(model, tok, EngineConfig(**{"max_num_seqs": 64, **spec}))
+        engine.runner.linear.few_rows = engine.runner.linear.few_rows and few_rows
         engine.runner.cpu_ops = engine.runner.cpu_ops and glue
+        engine.runner.keys_transposed = engine.runner.keys_transposed and transposed and glue
         state = {"model": model, "tok": tok, "engine": engine}
         engines.append({"label": text, "state": state, "ref": bench_engines._run_tutx(state, work)["tokens"],
                         "wall": [], "cpu": [], "tpot": [], "ttft": []})

@@ -100,6 +100,31 @@ def test_fuse_with_bias():
             torch.testing.assert_close(out, m(x), atol=1e-5, rtol=1e-5)
 
 
+@onednn
+@pytest.mark.parametrize("few_rows", [True, False], ids=["linear_cpu", "onednn-only"])
+def test_few_rows_go_through_linear_cpu(few_rows):
+    """Up to few_rows_limit rows run the C kernel (its packed copy made on first use); more run oneDNN."""
+    from tutx.kernels.cpu_build import compiler
+    from tutx.kernels.linear_cpu import few_rows_limit
+
+    if few_rows and compiler() is None:
+        pytest.skip("no C compiler")
+    model = tiny_llama()
+    packed = PackedLinears(model, few_rows=few_rows)
+    layer = model.model.layers[0]
+    group = (layer.mlp.gate_proj, layer.mlp.up_proj)
+    assert packed.fuse(group)
+    limit = few_rows_limit(32)
+    with torch.inference_mode():
+        for rows in (1, limit, limit + 1):
+            x = inputs(rows, 32)
+            torch.testing.assert_close(packed(model.lm_head, x), model.lm_head(x), atol=1e-5, rtol=1e-5)
+            for out, m in zip(packed.many(group, x), group):
+                torch.testing.assert_close(out, m(x), atol=1e-5, rtol=1e-5)
+    assert (set(packed._few) == {model.lm_head, group}) == few_rows
+    assert f"few_rows={few_rows} ({2 if few_rows else 0} packed for linear_cpu)" in repr(packed)
+
+
 def test_fuse_refuses_mismatched_layers_and_many_runs_them_separately():
     torch.manual_seed(3)
     a, b, c = torch.nn.Linear(24, 8), torch.nn.Linear(16, 8), torch.nn.Linear(24, 4, bias=False)
@@ -127,7 +152,7 @@ def test_disabled_packs_nothing_and_runs_the_modules():
         assert torch.equal(packed(attn.q_proj, x), attn.q_proj(x))
         for out, m in zip(packed.many(group, x), group):
             assert torch.equal(out, m(x))
-    assert repr(packed) == "PackedLinears(0 weights prepacked for oneDNN, 0 fused groups)"
+    assert repr(packed) == "PackedLinears(0 weights prepacked for oneDNN, 0 fused groups, few_rows=True (0 packed for linear_cpu))"
 
 
 @onednn

@@ -94,6 +94,19 @@ def test_greedy_matches_hf_generate(tiny, prompts, config):
     assert_all_blocks_free(engine)
 
 
+def test_c_path_with_keys_in_rows_matches_hf_generate(tiny, prompts):
+    """The C path's other key layout (rows, as the PyTorch paths keep them): same greedy tokens."""
+    model, tok = tiny
+    engine = LLMEngine(model, tok, EngineConfig(block_size=8))
+    if not engine.runner.cpu_ops:
+        pytest.skip("the C layer path is not available here")
+    engine.runner.keys_transposed = False
+    outs = engine.generate(prompts, [greedy(n) for n in MAX_TOKENS], progress=False)
+    for prompt, n, out in zip(prompts, MAX_TOKENS, outs):
+        assert out.token_ids == hf_greedy(model, prompt, n)
+    assert_all_blocks_free(engine)
+
+
 def test_chunked_prompt_shares_only_the_blocks_already_computed(tiny, ids):
     """A chunked prompt's blocks become prefix-cache hits only once their K/V is computed."""
     model, tok = tiny
@@ -269,6 +282,7 @@ def test_backend_choice_and_packed_weights_on_cpu(tiny):
     model, tok = tiny
     runner = LLMEngine(model, tok, EngineConfig()).runner
     assert runner.attention_backend == "cpu" and runner.decode_group_size is None
+    assert runner.keys_transposed == runner.cpu_ops  # the C path keeps each block's keys transposed
     if torch.backends.mkldnn.is_available():
         assert len(runner.linear) == 7 * runner.num_layers + 1 and runner.linear.fused
     assert len(LLMEngine(model, tok, EngineConfig(prepack_weights=False)).runner.linear) == 0

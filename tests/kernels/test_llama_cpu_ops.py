@@ -24,6 +24,7 @@ from tutx.kernels.llama_cpu_ops import (
     silu_mul_cpu,
     silu_mul_ref,
 )
+from tutx.kernels.paged_decode_cpu import transpose_keys
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C compiler to build the CPU kernels")
 
@@ -125,6 +126,20 @@ HEADS = [  # Hq, Hkv, D
 @pytest.mark.parametrize("t", [1, 7, 300])
 def test_rope_store_matches_ref(t, hq, hkv, d):
     check_rope_store(t, hq, hkv, d)
+
+
+@pytest.mark.parametrize("hq,hkv,d", HEADS[:2], ids=lambda v: str(v))
+def test_rope_store_writes_transposed_keys(hq, hkv, d):
+    """keys_transposed=True: the same keys, in the layout [num_blocks, Hkv, D, block_size]."""
+    qkv, cos, sin, k_rows, v_pool, slots = make_rope(40, hq, hkv, d)
+    qkv_t, k_t, v_t = qkv.clone(), transpose_keys(k_rows), v_pool.clone()
+    rope_store_cpu(qkv, cos, sin, k_rows, v_pool, slots, hq, hkv)
+    rope_store_cpu(qkv_t, cos, sin, k_t, v_t, slots, hq, hkv, keys_transposed=True)
+    assert torch.equal(qkv_t, qkv)
+    torch.testing.assert_close(v_t, v_pool, equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(k_t, transpose_keys(k_rows), equal_nan=True, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"^k_pool: expected shape"):
+        rope_store_cpu(qkv, cos, sin, k_rows, v_pool, slots, hq, hkv, keys_transposed=True)  # keys in rows
 
 
 # --- SiLU-and-multiply -----------------------------------------------------------------------------

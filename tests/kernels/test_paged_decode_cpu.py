@@ -16,6 +16,7 @@ from tutx.kernels.paged_decode_cpu import (
     cpu_kernel_available,
     paged_decode_attention_cpu,
     paged_prefill_attention_cpu,
+    transpose_keys,
 )
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C compiler to build the CPU kernel")
@@ -53,14 +54,19 @@ CASES = [  # B, Hq, Hkv, D, block_size, lengths
     (1, 4, 1, 80, 16, [33]),  # head dim not a power of two, a batch of one
     (1, 8, 8, 128, 16, [1]),  # a batch of one, one token
     (2, MAX_GROUP, 1, 32, 16, [40, 3]),  # the largest group the kernel holds
+    (2, 12, 4, 64, 24, [24, 61]),  # group 3, blocks of 24: a full vector and 8 slots past it per block
+    (2, 20, 2, 32, 8, [8, 29]),  # group 10: heads in chunks of 8 and 2; blocks smaller than a vector
+    (2, 6, 1, 32, 32, [31, 64]),  # group 6, two vectors per block
 ]
 
 
+@pytest.mark.parametrize("keys_transposed", [False, True], ids=["key-rows", "keys-transposed"])
 @pytest.mark.parametrize("b,hq,hkv,d,block_size,lengths", CASES,
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, list) else None)
-def test_kernel_matches_ref(b, hq, hkv, d, block_size, lengths):
+def test_kernel_matches_ref(b, hq, hkv, d, block_size, lengths, keys_transposed):
     q, k_pool, v_pool, tables, lens = make_paged(b, hq, hkv, d, block_size, lengths)
-    out = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lens)
+    keys = transpose_keys(k_pool) if keys_transposed else k_pool
+    out = paged_decode_attention_cpu(q, keys, v_pool, tables, lens, keys_transposed=keys_transposed)
     assert out.shape == q.shape and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     ref = paged_decode_attention_ref(q, k_pool, v_pool, tables, lens)
@@ -78,21 +84,24 @@ PREFILL_CASES = [  # Hq, Hkv, D, block_size, (cached, new) per sequence
 ]
 
 
+@pytest.mark.parametrize("keys_transposed", [False, True], ids=["key-rows", "keys-transposed"])
 @pytest.mark.parametrize("hq,hkv,d,block_size,spans", PREFILL_CASES,
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, list) else None)
-def test_prefill_kernel_matches_ref(hq, hkv, d, block_size, spans):
+def test_prefill_kernel_matches_ref(hq, hkv, d, block_size, spans, keys_transposed):
     """Every prompt token a row, attending causally over its sequence's cached prefix and new tokens."""
     lengths = [c + n for c, n in spans]
     _, k_pool, v_pool, tables, _ = make_paged(len(spans), hq, hkv, d, block_size, lengths)
+    keys = transpose_keys(k_pool) if keys_transposed else k_pool
     table_of_row = torch.tensor([s for s, (c, n) in enumerate(spans) for _ in range(n)], dtype=torch.int32)
     row_lengths = torch.tensor([p + 1 for c, n in spans for p in range(c, c + n)], dtype=torch.int32)
     q = torch.randn(len(table_of_row), hq, d, generator=torch.Generator().manual_seed(len(spans)))
-    out = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2)
+    out = paged_prefill_attention_cpu(q, keys, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2,
+                                      keys_transposed=keys_transposed)
     assert out.shape == q.shape and torch.isfinite(out).all()
     ref = paged_decode_attention_ref(q, k_pool, v_pool, tables[table_of_row.long()], row_lengths, sm_scale=0.2)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    trusted = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2,
-                                          trusted=True)
+    trusted = paged_prefill_attention_cpu(q, keys, v_pool, tables, table_of_row, row_lengths, sm_scale=0.2,
+                                          trusted=True, keys_transposed=keys_transposed)
     torch.testing.assert_close(trusted, out, atol=0, rtol=0)
 
 
@@ -112,6 +121,11 @@ def test_int64_tables_scale_strided_q_and_threads():
     ref = paged_decode_attention_ref(q, k_pool, v_pool, tables, lens, sm_scale=0.3)
     q_strided = q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
     assert not q_strided.is_contiguous()
+    fused = torch.cat([q.reshape(3, -1), torch.full((3, 64), float("nan"))], dim=1)  # as a q|k|v projection
+    q_slice = fused[:, :8 * 32].view(3, 8, 32)  # rows 320 apart, heads contiguous: read in place
+    assert q_slice.stride(0) == 320
+    torch.testing.assert_close(paged_decode_attention_cpu(q_slice, k_pool, v_pool, tables, lens, sm_scale=0.3),
+                               ref, atol=1e-5, rtol=1e-5)
     n = torch.get_num_threads()
     try:
         for threads in (1, 2):
@@ -146,6 +160,8 @@ def test_bad_inputs_raise():
         paged_decode_attention_cpu(q, k_pool, v_pool, bad, lens)
     with pytest.raises(ValueError, match="lengths"):
         paged_decode_attention_cpu(q, k_pool, v_pool, tables, lens[:1])
+    with pytest.raises(ValueError, match=r"^k_pool: expected \[num_blocks, Hkv, D, block_size\]"):
+        paged_decode_attention_cpu(q, k_pool, v_pool, tables, lens, keys_transposed=True)  # keys in rows
 
 
 def test_wrong_device_raises():

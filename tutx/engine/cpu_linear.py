@@ -13,10 +13,17 @@ oneDNN's fixed cost per call (~20 us) exceeds the arithmetic. The outputs are sp
 
 The packed copies live beside the model (the model itself is not changed): they cost as much
 memory again as the linear weights.
+
+Products with few rows (a decode step of a few dozen sequences) run through
+:func:`~tutx.kernels.linear_cpu.linear_cpu` instead, a register-blocked C kernel that beats oneDNN
+there (``few_rows=True``; its own packed copy of a weight is made on first use).
 """
 from __future__ import annotations
 
 import torch
+
+from tutx.kernels.cpu_build import KernelBuildError
+from tutx.kernels.linear_cpu import few_rows_limit, linear_cpu, pack_weight, pad_bias
 
 
 def prepack_supported(weight: torch.Tensor) -> bool:
@@ -32,11 +39,13 @@ class PackedLinears:
     row count oneDNN tunes the layout for (decode steps: the batch size).
     """
 
-    def __init__(self, model: torch.nn.Module, enabled: bool = True, batch_hint: int = 64):
+    def __init__(self, model: torch.nn.Module, enabled: bool = True, batch_hint: int = 64, few_rows: bool = True):
         self.enabled = enabled
         self.batch_hint = batch_hint
+        self.few_rows = few_rows  # products of few rows through linear_cpu (fp32 weights)
         self.packed: dict[torch.nn.Module, torch.Tensor] = {}
         self.fused: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, list[int]]] = {}
+        self._few: dict = {}  # module or fused group -> (packed, padded bias, out_features, row limit) or None
         if not enabled:
             return
         for module in model.modules():
@@ -69,9 +78,28 @@ class PackedLinears:
         self.fused[modules] = (packed, bias, [m.out_features for m in modules])
         return True
 
+    def _few_rows(self, key, weights, bias):
+        """``linear_cpu``'s packed weight for a module or fused group (made on first use), or None."""
+        if key not in self._few:
+            entry = None
+            if self.few_rows and weights[0].dtype == torch.float32:
+                with torch.no_grad():
+                    weight = torch.cat([w.detach() for w in weights])  # [sum(out), in]
+                try:
+                    packed = pack_weight(weight)
+                    entry = (packed, pad_bias(bias, packed), weight.shape[0], few_rows_limit(weight.shape[1]))
+                except KernelBuildError:  # no C compiler: oneDNN for every product
+                    entry = None
+            self._few[key] = entry
+        return self._few[key]
+
     def fused_output(self, modules: tuple, x: torch.Tensor) -> torch.Tensor:
         """The product of a fused group, unsplit: ``[T, sum of out_features]`` (contiguous)."""
         weight, bias, _ = self.fused[modules]
+        if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
+            few = self._few_rows(modules, [m.weight for m in modules], bias)
+            if few is not None and x.shape[0] <= few[3]:
+                return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     def many(self, modules: tuple, x: torch.Tensor) -> list[torch.Tensor]:
@@ -79,19 +107,24 @@ class PackedLinears:
         entry = self.fused.get(modules)
         if entry is None:
             return [self(m, x) for m in modules]
-        weight, bias, sizes = entry
-        return list(torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1))
+        return list(self.fused_output(modules, x).split(entry[2], dim=-1))
 
     def __len__(self) -> int:
         return len(self.packed)
 
     def __repr__(self) -> str:
-        return f"PackedLinears({len(self)} weights prepacked for oneDNN, {len(self.fused)} fused groups)"
+        few = sum(v is not None for v in self._few.values())
+        return (f"PackedLinears({len(self)} weights prepacked for oneDNN, {len(self.fused)} fused groups, "
+                f"few_rows={self.few_rows} ({few} packed for linear_cpu))")
 
     def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight = self.packed.get(module)
         if weight is None:
             return module(x)
+        if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
+            few = self._few_rows(module, [module.weight], module.bias)
+            if few is not None and x.shape[0] <= few[3]:
+                return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, module.bias, "none", [], "")
 
 

@@ -14,6 +14,8 @@ shared by all layers: the block manager hands out a block once for every layer.
 """
 from __future__ import annotations
 
+import array
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,8 @@ from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu, silu_mu
 from tutx.kernels.paged_decode_cpu import paged_decode_attention_cpu, paged_prefill_attention_cpu
 
 from tutx.engine.config import BACKENDS, cdiv
+
+_ARRAY_CODES = {torch.long: "q", torch.int32: "i"}  # array.array type codes (64- and 32-bit ints)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +133,9 @@ class ModelRunner:
             if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
                 self.linear.fuse((mlp.gate_proj, mlp.up_proj))
         self.cpu_ops = self._cpu_ops_apply()
+        # The C path keeps each block's keys transposed, [N, Hkv, D, bs] (a view of the same memory):
+        # decode scores 16 keys per vector multiply-add (PERF_NOTES.md, L21). False: keys in rows.
+        self.keys_transposed = self.cpu_ops
         if self.cpu_ops:  # what each layer's C path touches, looked up once (module attribute access is slow)
             self._cpu_layers = [
                 (layer.self_attn,
@@ -137,6 +144,9 @@ class ModelRunner:
                  (layer.post_attention_layernorm.weight.detach().contiguous(),
                   layer.post_attention_layernorm.variance_epsilon),
                  (layer.mlp.gate_proj, layer.mlp.up_proj), layer.mlp.down_proj) for layer in layers]
+        if self.cpu_ops:
+            norm = model.model.norm
+            self._cpu_final_norm = (norm.weight.detach().contiguous(), norm.variance_epsilon)
         if self.cpu_ops:  # rotary tables for every position, computed once by the model's own rotary module
             with torch.inference_mode():
                 positions = torch.arange(self.max_model_len, device=self.device)[None]
@@ -181,7 +191,16 @@ class ModelRunner:
         return self.kv_cache.numel() * self.kv_cache.element_size()
 
     def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+        """A 1-D tensor of Python ints, through an ``array`` (``torch.tensor`` of a list: 3-5x slower)."""
+        buf = array.array(_ARRAY_CODES[dtype], values)
+        out = torch.frombuffer(buf, dtype=dtype) if len(buf) else torch.empty(0, dtype=dtype)
+        return out if self.device.type == "cpu" else out.to(self.device)
+
+    def _table_tensor(self, tables: list[list[int]], pad: int) -> torch.Tensor:
+        """Block tables padded with ``pad`` to the longest: ``[len(tables), width]`` int32."""
+        width = max(map(len, tables))
+        return self._tensor(itertools.chain.from_iterable(t + [pad] * (width - len(t)) for t in tables),
+                            torch.int32).view(len(tables), width)
 
     # -- batch preparation ---------------------------------------------------------------------
     def _prepare_prefill(self, seqs: list[Sequence], num_decode: int = 0, chunks=None) -> AttentionMetadata:
@@ -219,12 +238,10 @@ class ModelRunner:
         lengths = [len(s) for s in seqs]
         tables = [s.block_table for s in seqs]
         check_block_tables(tables, lengths, self.num_blocks, bs)
-        width = max(map(len, tables))
-        padded = [t + [-1] * (width - len(t)) for t in tables]
         return AttentionMetadata(
             False, self._tensor([s.last_token for s in seqs]), self._tensor([n - 1 for n in lengths]),
             self._tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, lengths)]),
-            block_tables=self._tensor(padded, torch.int32),  # [B, max_blocks]
+            block_tables=self._table_tensor(tables, -1),  # [B, max_blocks]
             lengths=self._tensor(lengths, torch.int32), groups=groups, unsort=unsort)  # [B]
 
     # -- the forward pass ----------------------------------------------------------------------
@@ -284,8 +301,10 @@ class ModelRunner:
         """:meth:`_layers` with the glue in C (:mod:`tutx.kernels.llama_cpu_ops`): each layer is a
         residual add + RMSNorm, the fused q|k|v product, rotary + KV write, attention, o_proj,
         add + RMSNorm, the fused gate|up product, SiLU-and-multiply, down_proj. The tensors are the
-        runner's own, so the kernels run without their argument checks (``trusted=True``)."""
+        runner's own, so the kernels run without their argument checks (``trusted=True``). The keys
+        of each pool block are stored transposed (:attr:`keys_transposed`)."""
         t, d, hq, hkv = h.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
+        n, bs, kt = self.kv_cache.shape[2], self.block_size, self.keys_transposed
         cos, sin = self.rope_cos.index_select(0, meta.positions), self.rope_sin.index_select(0, meta.positions)
         if meta.is_prefill:  # one kernel call for every prompt: token at position p attends to p + 1 tokens
             tables, row_table, lengths = self._prefill_tables(meta)
@@ -298,23 +317,30 @@ class ModelRunner:
             x = add_rms_norm_cpu(h, residual, w_in, eps_in, trusted=True)
             qkv = self.linear.fused_output(qkv_group, x)  # [T, (Hq + 2 Hkv) * D]
             k_pool, v_pool = self.kv_cache[0, i], self.kv_cache[1, i]
-            rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, hq, hkv, trusted=True)
+            if kt:
+                k_pool = k_pool.view(n, hkv, d, bs)  # [N, Hkv, D, bs]: keys transposed within each block
+            rope_store_cpu(qkv, cos, sin, k_pool, v_pool, meta.slots, hq, hkv, trusted=True, keys_transposed=kt)
             q = qkv[:, :hq * d].view(t, hq, d)
             if meta.is_prefill:
-                o = paged_prefill_attention_cpu(q.contiguous(), k_pool, v_pool, tables, row_table, lengths,
-                                                sm_scale=attn.scaling, trusted=True)  # [T, Hq, D]
+                o = paged_prefill_attention_cpu(q, k_pool, v_pool, tables, row_table, lengths,
+                                                sm_scale=attn.scaling, trusted=True, keys_transposed=kt)  # [T, Hq, D]
             else:
-                o = paged_decode_attention_cpu(q.contiguous(), k_pool, v_pool, tables, lengths,
-                                               sm_scale=attn.scaling, validate=False, trusted=True)
+                o = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths,
+                                               sm_scale=attn.scaling, validate=False, trusted=True, keys_transposed=kt)
             x = add_rms_norm_cpu(h, self.linear(o_proj, o.reshape(t, -1)), w_post, eps_post, trusted=True)
             residual = self.linear(down_proj, silu_mul_cpu(self.linear.fused_output(gate_up_group, x), trusted=True))
         return h.add_(residual)
 
+    def _final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """The model's last RMSNorm (one C call on the C path, the model's module otherwise)."""
+        if self.cpu_ops:
+            return add_rms_norm_cpu(h, None, *self._cpu_final_norm, trusted=True)
+        return self.model.model.norm(h)
+
     def _prefill_tables(self, meta: AttentionMetadata):
         """The C prefill's metadata: block tables ``[S, W]``, each token's sequence ``[T]`` and length ``[T]``."""
         seqs = meta.prefill_seqs
-        width = max(len(s.block_table) for s in seqs)
-        tables = self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs], torch.int32)
+        tables = self._table_tensor([s.block_table for s in seqs], 0)
         counts = self._tensor([end - start for start, end, _, _ in meta.spans])
         row_table = torch.repeat_interleave(torch.arange(len(seqs), dtype=torch.int32, device=self.device), counts)
         return tables, row_table, (meta.positions + 1).to(torch.int32)
@@ -323,8 +349,10 @@ class ModelRunner:
         """Whether :meth:`_layers_cpu` computes exactly this model's layers (plain Llama, fp32 CPU, packed)."""
         if self.attention_backend != "cpu" or not self.linear.fused:
             return False
-        cfg = self.model.config
+        cfg, final = self.model.config, self.model.model.norm
         if getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "mlp_bias", False):
+            return False
+        if not hasattr(final, "variance_epsilon") or getattr(final, "weight", None) is None:
             return False
         for layer in self.model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -342,9 +370,8 @@ class ModelRunner:
         (``torch.compile(..., dynamic=True)`` of this function was measured in PERF_NOTES.md,
         "Engine on CPU": 100+ s to compile and ~15x slower steps than eager on the tiny LM.)
         """
-        inner = self.model.model
-        h = self._layers(inner.embed_tokens(meta.input_ids), meta)
-        return self.linear(self.model.lm_head, inner.norm(h)).float()
+        h = self._layers(self.model.model.embed_tokens(meta.input_ids), meta)
+        return self.linear(self.model.lm_head, self._final_norm(h)).float()
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool, num_decode: int = 0, chunks=None):
@@ -369,7 +396,7 @@ class ModelRunner:
         inner = self.model.model
         h = self._layers(inner.embed_tokens(meta.input_ids), meta)  # [T, hidden]
         h = h[meta.logit_rows]  # [R, hidden]: only the positions whose logits are wanted
-        logits = self.linear(self.model.lm_head, inner.norm(h)).float()  # [R, V]
+        logits = self.linear(self.model.lm_head, self._final_norm(h)).float()  # [R, V]
         if len(meta.logit_rows) == len(seqs):
             return logits
         last, prompt_logits, row = [], [], 0

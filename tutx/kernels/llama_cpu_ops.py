@@ -23,7 +23,7 @@ _P, _I, _F, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 def _lib():
     lib = build("llama_cpu_ops.c")
     lib.tutx_add_rms_norm.argtypes = [_P, _P, _P, _P, _I, _I, _F, _N]
-    lib.tutx_rope_store.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _N]
+    lib.tutx_rope_store.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _N]
     lib.tutx_rope_store.restype = _I  # -1, or the first token whose slot is outside the pools
     lib.tutx_silu_mul.argtypes = [_P, _P, _I, _I, _N]
     for fn in (lib.tutx_add_rms_norm, lib.tutx_silu_mul):
@@ -73,43 +73,52 @@ def add_rms_norm_ref(h: torch.Tensor, x: torch.Tensor | None, weight: torch.Tens
 
 def rope_store_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pool: torch.Tensor,
                    v_pool: torch.Tensor, slots: torch.Tensor, num_heads: int, num_kv_heads: int,
-                   trusted: bool = False) -> None:
+                   trusted: bool = False, keys_transposed: bool = False) -> None:
     """Rotate q and k in place in ``qkv [T, (Hq + 2 Hkv) * D]`` and write k, v to the pools' ``slots [T]``.
 
     ``cos``, ``sin``: ``[T, D]`` (Hugging Face's rotary tables for each token's position); pools
     ``[num_blocks, block_size, Hkv, D]``, contiguous; a slot is ``block * block_size + offset``.
+    ``keys_transposed=True``: ``k_pool`` is ``[num_blocks, Hkv, D, block_size]``, the layout
+    :func:`~tutx.kernels.paged_decode_cpu.paged_decode_attention_cpu` reads fastest.
     Raises ValueError, touching nothing, for a slot outside the pools or an odd head dim ``D``
     (the slot check runs in C even when ``trusted=True`` skips the others).
     """
     t, width = qkv.shape if trusted else _rows("qkv", qkv)
     d = width // (num_heads + 2 * num_kv_heads)
     if not trusted:
-        _check_rope(qkv, cos, sin, k_pool, v_pool, slots, num_heads, num_kv_heads, t, d)
-    num_slots = k_pool.shape[0] * k_pool.shape[1]
+        _check_rope(qkv, cos, sin, k_pool, v_pool, slots, num_heads, num_kv_heads, t, d, keys_transposed)
+    num_slots = v_pool.shape[0] * v_pool.shape[1]
     bad = _lib().tutx_rope_store(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_pool.data_ptr(),
                                  v_pool.data_ptr(), slots.data_ptr(), num_slots, t, num_heads, num_kv_heads, d,
-                                 torch.get_num_threads())
+                                 v_pool.shape[1] if keys_transposed else 0, torch.get_num_threads())
     if bad >= 0:
         raise ValueError(f"slots: slot {int(slots[bad])} of token {bad} is outside the pools' {num_slots} slots")
 
 
-def _check_rope(qkv, cos, sin, k_pool, v_pool, slots, num_heads, num_kv_heads, t, d) -> None:
+def _check_rope(qkv, cos, sin, k_pool, v_pool, slots, num_heads, num_kv_heads, t, d, keys_transposed) -> None:
     _check("qkv", qkv, (t, (num_heads + 2 * num_kv_heads) * d))
     if d % 2:
         raise ValueError(f"qkv: the rotary needs an even head dim, got {d}")
     _check("cos", cos, (t, d))
     _check("sin", sin, (t, d))
-    _check("k_pool", k_pool, tuple(k_pool.shape))
-    _check("v_pool", v_pool, tuple(k_pool.shape))
-    if k_pool.shape[2:] != (num_kv_heads, d):
-        raise ValueError(f"k_pool: expected [num_blocks, block_size, {num_kv_heads}, {d}], got {tuple(k_pool.shape)}")
+    if keys_transposed:  # k_pool [num_blocks, Hkv, D, block_size], its sizes from v_pool
+        _check("v_pool", v_pool, tuple(v_pool.shape))
+        if v_pool.dim() != 4 or v_pool.shape[2:] != (num_kv_heads, d):
+            raise ValueError(f"v_pool: expected [num_blocks, block_size, {num_kv_heads}, {d}], got {tuple(v_pool.shape)}")
+        _check("k_pool", k_pool, (v_pool.shape[0], num_kv_heads, d, v_pool.shape[1]))
+    else:
+        _check("k_pool", k_pool, tuple(k_pool.shape))
+        _check("v_pool", v_pool, tuple(k_pool.shape))
+        if k_pool.shape[2:] != (num_kv_heads, d):
+            raise ValueError(f"k_pool: expected [num_blocks, block_size, {num_kv_heads}, {d}], got {tuple(k_pool.shape)}")
     if slots.dtype != torch.int64 or slots.shape != (t,) or not slots.is_contiguous():
         raise ValueError(f"slots: expected a contiguous int64 tensor of shape ({t},), got {slots.dtype} "
                          f"{tuple(slots.shape)}")
 
 
 def rope_store_ref(qkv, cos, sin, k_pool, v_pool, slots, num_heads: int, num_kv_heads: int) -> None:
-    """:func:`rope_store_cpu` in PyTorch (``x * cos + rotate_half(x) * sin``, then an indexed copy)."""
+    """:func:`rope_store_cpu` in PyTorch (``x * cos + rotate_half(x) * sin``, then an indexed copy;
+    pools in rows, ``[num_blocks, block_size, Hkv, D]``)."""
     t = qkv.shape[0]
     d = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
     heads = qkv.view(t, -1, d)  # [T, Hq + 2 Hkv, D]

@@ -40,10 +40,12 @@ void tutx_add_rms_norm(float *h, const float *x, const float *weight, float *out
 }
 
 /* qkv [T, (Hq + 2 Hkv) * D] (rows contiguous); cos, sin [T, D]; pools [num_slots, Hkv, D]; slots [T].
+ * keys_block_size > 0: k_pool holds its keys transposed within blocks of that many slots,
+ * [num_blocks, Hkv, D, keys_block_size] (the layout paged_decode_cpu.c reads fastest).
  * Returns -1, or (touching nothing) the first t whose slot lies outside [0, num_slots). */
 int64_t tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, float *k_pool, float *v_pool,
                         const int64_t *slots, int64_t num_slots, int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
-                        int num_threads)
+                        int64_t keys_block_size, int num_threads)
 {
     for (int64_t t = 0; t < T; t++)
         if (slots[t] < 0 || slots[t] >= num_slots) return t;
@@ -61,12 +63,18 @@ int64_t tutx_rope_store(float *qkv, const float *cos_t, const float *sin_t, floa
                 x[i + half] = x2 * c[i + half] + x1 * s[i + half];
             }
         }
-        float *kd = k_pool + slots[t] * Hkv * D, *vd = v_pool + slots[t] * Hkv * D;
+        float *vd = v_pool + slots[t] * Hkv * D;
         const float *ks = r + Hq * D, *vs = r + (Hq + Hkv) * D;
 #pragma omp simd
-        for (int64_t i = 0; i < Hkv * D; i++) {
-            kd[i] = ks[i];
-            vd[i] = vs[i];
+        for (int64_t i = 0; i < Hkv * D; i++) vd[i] = vs[i];
+        if (keys_block_size > 0) {  /* key element (h, d) of slot s: kt[s / bs][h][d][s % bs] */
+            const int64_t bs = keys_block_size;
+            float *kb = k_pool + (slots[t] / bs) * Hkv * D * bs + slots[t] % bs;
+            for (int64_t i = 0; i < Hkv * D; i++) kb[i * bs] = ks[i];
+        } else {
+            float *kd = k_pool + slots[t] * Hkv * D;
+#pragma omp simd
+            for (int64_t i = 0; i < Hkv * D; i++) kd[i] = ks[i];
         }
     }
     return -1;

@@ -1,0 +1,103 @@
+"""Linear layers with few rows on the CPU: a register-blocked C kernel over weights packed once.
+
+A decode step multiplies a few dozen rows (one per running sequence) by every weight matrix.
+oneDNN's kernels are built for many rows: on this workplace's 2-core AMD EPYC they reach 10-60
+GFLOP/s below 16 rows and ~120 at 40, against ~190 at 256 (PERF_NOTES.md, L22). The kernel
+``csrc/linear_cpu.c`` is the textbook alternative for few rows: the weight is packed once into
+tiles of 64 output columns (``[N / 64, K, 64]``), and a micro-kernel keeps a 6 x 64 block of the
+output in 24 vector registers while it walks ``k``. It wins below ~48 rows for the tiny LM's
+matrices and below ~12 for the 80M model's, where oneDNN's blocking for large ``K`` pays off.
+
+The triple: the kernel, :func:`linear_cpu` (the wrapper; :func:`pack_weight` packs), and the
+reference :func:`linear_ref` (``F.linear``). fp32 only; the sums run over ``k`` in order, so the
+results equal ``F.linear``'s to float rounding.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from tutx.kernels.cpu_build import build
+
+NR = 64  # output columns per packed tile (four 16-lane vectors)
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+@functools.lru_cache(maxsize=None)
+def _lib():
+    lib = build("linear_cpu.c")
+    lib.tutx_pack_weight.argtypes = [_P, _P, _I, _I]
+    lib.tutx_linear_f32.argtypes = [_P, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    lib.tutx_pack_weight.restype = lib.tutx_linear_f32.restype = None
+    return lib
+
+
+def _check_f32(name: str, t: torch.Tensor, dim: int) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != dim:
+        raise TypeError(f"{name}: expected a {dim}-D float32 CPU tensor, got {t.dim()}-D {t.dtype} on {t.device}")
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight [N, K]`` (an ``nn.Linear``'s) packed for :func:`linear_cpu`: ``[ceil(N / 64), K, 64]``,
+    zeros past ``N``."""
+    _check_f32("weight", weight, 2)
+    weight = weight.detach().contiguous()
+    n, k = weight.shape
+    packed = torch.empty(-(-n // NR), k, NR)
+    _lib().tutx_pack_weight(weight.data_ptr(), packed.data_ptr(), n, k)
+    return packed
+
+
+def pad_bias(bias: torch.Tensor | None, packed: torch.Tensor) -> torch.Tensor | None:
+    """``bias [N]`` zero-padded to the packed width (what :func:`linear_cpu` takes)."""
+    if bias is None:
+        return None
+    out = torch.zeros(packed.shape[0] * NR)
+    out[:bias.shape[0]] = bias.detach().float()
+    return out
+
+
+def linear_cpu(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
+               trusted: bool = False) -> torch.Tensor:
+    """``x [M, K] @ W.T (+ bias)``: ``[M, out_features]``, with ``packed = pack_weight(W)``.
+
+    ``bias``: the padded bias of :func:`pad_bias`, or None. ``trusted=True`` skips the checks (the
+    engine's own contiguous fp32 tensors): wrong shapes then read out of bounds.
+    """
+    if not trusted:
+        _check_f32("x", x, 2)
+        _check_f32("packed", packed, 3)
+        tiles, k, nr = packed.shape
+        if nr != NR or not packed.is_contiguous():
+            raise ValueError(f"packed: expected a contiguous [tiles, K, {NR}] tensor from pack_weight, "
+                             f"got {tuple(packed.shape)}")
+        if x.shape[1] != k:
+            raise ValueError(f"x: expected {k} input features (from packed), got {x.shape[1]}")
+        if not (tiles - 1) * NR < out_features <= tiles * NR:
+            raise ValueError(f"out_features: expected ({(tiles - 1) * NR}, {tiles * NR}] for {tiles} packed tiles, "
+                             f"got {out_features}")
+        if bias is not None and (bias.dtype != torch.float32 or bias.shape != (tiles * NR,)):
+            raise ValueError(f"bias: expected float32 [{tiles * NR}] (pad_bias), got {bias.dtype} {tuple(bias.shape)}")
+        if x.stride(1) != 1:
+            x = x.contiguous()
+    m, k = x.shape
+    y = torch.empty(m, out_features)
+    _lib().tutx_linear_f32(x.data_ptr(), x.stride(0), packed.data_ptr(), None if bias is None else bias.data_ptr(),
+                           y.data_ptr(), out_features, m, out_features, k, torch.get_num_threads())
+    return y
+
+
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`linear_cpu` in PyTorch."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def few_rows_limit(in_features: int) -> int:
+    """The most rows for which :func:`linear_cpu` beat oneDNN's prepacked product on this workplace's
+    CPU (PERF_NOTES.md, L22): 48 for inputs up to 512 features, 12 for wider ones."""
+    return 48 if in_features <= 512 else 12
+
+
+__all__ = ["pack_weight", "pad_bias", "linear_cpu", "linear_ref", "few_rows_limit", "NR"]
