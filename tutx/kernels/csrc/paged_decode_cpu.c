@@ -213,6 +213,15 @@ static inline __attribute__((always_inline)) void decode_item_t(
     for (int64_t t0 = 0; t0 < L; t0 += bs) {  /* pass 1: scores[g][t] */
         const float *kb = kt_pool + ((int64_t)table[t0 / bs] * Hkv + h) * D * bs;
         const int64_t n = L - t0 < bs ? L - t0 : bs;
+        /* The pages lie anywhere in a pool larger than the caches, so the hardware prefetcher stops
+         * at every block: ask for the next block's keys and this block's values (pass 3) now. */
+        if (t0 + bs < L) {
+            const float *next = kt_pool + ((int64_t)table[t0 / bs + 1] * Hkv + h) * D * bs;
+            for (int64_t o = 0; o < D * bs; o += LANES) __builtin_prefetch(next + o);
+        }
+        const float *vb = v_pool + (int64_t)table[t0 / bs] * bs * stride + h * D;
+        for (int64_t j = 0; j < n; j++)
+            for (int o = 0; o < D; o += LANES) __builtin_prefetch(vb + j * stride + o);
         int64_t c = 0;
         for (; c < n && c + LANES <= bs; c += LANES) {  /* 16 slots of the block (those past n: masked) */
             vf S[GMAX];
