@@ -323,3 +323,23 @@ def test_builds_into_the_cache_dir(monkeypatch, tmp_path):
         assert len(list((tmp_path / "cpu_kernels").glob("llama_cpu_ops-*.so"))) == 1
     finally:
         lco._lib.cache_clear()
+
+
+# --- greedy argmax -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (48, 4096), (2, 100_000)])
+def test_argmax_rows_matches_torch(shape):
+    x = torch.randn(*shape, generator=gen("argmax", *shape))
+    assert lco.argmax_rows_cpu(x) == x.argmax(-1).tolist()
+
+
+def test_argmax_rows_ties_infinities_zeros_and_nan_as_torch():
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[nan] * 5, [1.0, nan, inf, 0, 0], [-inf] * 4 + [-1e30], [-inf] * 5,
+                      [-0.0, 0.0, -1.0, 0.0, -0.0], [-5.0, -0.0, -3.0, 0.0, 0.0], [3.0] * 5,
+                      [inf, 1, inf, 0, 0], [-2.0, -1.0, -nan, 0, 0]])
+    assert lco.argmax_rows_cpu(x) == x.argmax(-1).tolist() == [0, 1, 4, 0, 0, 1, 0, 0, 2]
+    with pytest.raises(TypeError, match=r"^x: "):
+        lco.argmax_rows_cpu(x.double())
+    with pytest.raises(ValueError, match=r"^x: "):
+        lco.argmax_rows_cpu(torch.zeros(2, 0))

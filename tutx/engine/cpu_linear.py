@@ -97,7 +97,7 @@ class PackedLinears:
         """The product of a fused group, unsplit: ``[T, sum of out_features]`` (contiguous)."""
         weight, bias, _ = self.fused[modules]
         if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
-            few = self._few_rows(modules, [m.weight for m in modules], bias)
+            few = self._few[modules] if modules in self._few else self._few_rows(modules, [m.weight for m in modules], bias)
             if few is not None and x.shape[0] <= few[3]:
                 return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -122,7 +122,7 @@ class PackedLinears:
         if weight is None:
             return module(x)
         if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
-            few = self._few_rows(module, [module.weight], module.bias)
+            few = self._few[module] if module in self._few else self._few_rows(module, [module.weight], module.bias)
             if few is not None and x.shape[0] <= few[3]:
                 return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, module.bias, "none", [], "")

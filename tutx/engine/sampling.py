@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tutx.kernels.cpu_build import KernelBuildError
+from tutx.kernels.llama_cpu_ops import argmax_rows_cpu
 from tutx._validate import check_bool, check_int, check_number, check_optional_int, check_probability
 
 MAX_LOGPROBS = 20  # top-N alternatives per token a request may ask for (as vLLM's default limit)
@@ -119,6 +121,11 @@ class Sampler:
 
     def __init__(self):
         self._generators: dict[int, torch.Generator] = {}
+        try:  # greedy batches on the CPU: a C argmax (torch's takes ~170 us for 48 rows of 4,096)
+            argmax_rows_cpu(torch.zeros(1, 1))
+            self._fast_argmax = True
+        except KernelBuildError:
+            self._fast_argmax = False
 
     def __repr__(self) -> str:
         return f"Sampler(seeded_requests={len(self._generators)})"
@@ -140,6 +147,9 @@ class Sampler:
             raise ValueError(f"logits: expected shape [B={len(seq_ids)}, V] with one params per row, "
                              f"got {tuple(logits.shape)} and {len(params)} params")
         logits = logits.float()
+        if self._fast_argmax and logits.device.type == "cpu" and logits.is_contiguous() and \
+                all(p.greedy for p in params):  # all greedy: one C pass per row
+            return argmax_rows_cpu(logits)
         tokens = logits.argmax(dim=-1)  # [B]: greedy rows are done
         free = [i for i, p in enumerate(params) if not p.greedy and p.seed is None]
         if free:  # unseeded sampled rows: one batched draw

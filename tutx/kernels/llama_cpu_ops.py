@@ -2,7 +2,7 @@
 
 A decode step of a small model on a CPU pays a few microseconds of dispatch for every PyTorch
 operator, and Hugging Face's RMSNorm is 8 operators, the rotary embedding of q and k 12, writing
-k and v into the pool 2 more. ``csrc/llama_cpu_ops.c`` does each piece in one pass
+k and v into the pool 2 more. (The same library holds the greedy sampler's row argmax.) ``csrc/llama_cpu_ops.c`` does each piece in one pass
 (built on first use by :mod:`tutx.kernels.cpu_build`); the ``*_ref`` functions are the same
 operations in plain PyTorch, in Hugging Face's order of operations, and the tests hold the
 kernels to them. All float32 on the CPU; the kernels work in place where the docstring says so.
@@ -26,7 +26,8 @@ def _lib():
     lib.tutx_rope_store.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _N]
     lib.tutx_rope_store.restype = _I  # -1, or the first token whose slot is outside the pools
     lib.tutx_silu_mul.argtypes = [_P, _P, _I, _I, _N]
-    for fn in (lib.tutx_add_rms_norm, lib.tutx_silu_mul):
+    lib.tutx_argmax_rows.argtypes = [_P, _P, _I, _I, _N]
+    for fn in (lib.tutx_add_rms_norm, lib.tutx_silu_mul, lib.tutx_argmax_rows):
         fn.restype = None
     return lib
 
@@ -149,3 +150,15 @@ def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["add_rms_norm_cpu", "add_rms_norm_ref", "rope_store_cpu", "rope_store_ref", "silu_mul_cpu",
            "silu_mul_ref"]
+
+
+def argmax_rows_cpu(x: torch.Tensor) -> list[int]:
+    """``x.argmax(dim=-1).tolist()`` for a contiguous float32 CPU ``x [R, C]`` (the first maximum;
+    the first NaN in a row that has one), in one vectorized pass per row."""
+    rows, cols = _rows("x", x)
+    _check("x", x, (rows, cols))
+    if cols == 0:
+        raise ValueError("x: expected at least one column")
+    out = torch.empty(rows, dtype=torch.int64)
+    _lib().tutx_argmax_rows(x.data_ptr(), out.data_ptr(), rows, cols, torch.get_num_threads())
+    return out.tolist()
