@@ -354,6 +354,7 @@ plt.show()
 
 # %%
 tutx.show(tutx.engine.Scheduler.schedule)
+tutx.show(tutx.engine.Scheduler._slot_or_preempt)
 
 # %% [markdown]
 # To watch it work we give six requests to an engine with room for three at a time and record
@@ -727,12 +728,15 @@ else:
 # policy in our engine (the "mixed steps" rows), from `Scheduler.schedule_mixed` and a prompt's
 # `num_computed_tokens`; a chunk's blocks join the prefix cache only once their keys and values
 # are computed. Which policy wins depends on the workload and the budget: compare the two tutx
-# rows per workload, and see `tutx/results/PERF_NOTES.md` for budgets from 512 to 2,048 tokens.
+# rows per workload, and see `tutx/results/PERF_NOTES.md` for budgets from 512 to 4,096 tokens
+# (on a burst of prompts the budget only moves the median request's wait between its TTFT and its
+# TPOT).
 # `EngineConfig(mixed_prefill_budget=N)` caps the prompt tokens of a step that also decodes, which
 # trades throughput for a shorter time per output token during a burst of prompts.
 # On the CPU both engines do the same three things below the Python: attention in C over the
 # paged cache, linear layers through oneDNN with weights reordered once at start-up, and the
-# elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes.
+# elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes. Ours adds
+# its own kernel for products of few rows, where oneDNN is slow.
 #
 # **What moved the numbers.** `tutx/results/PERF_NOTES.md` ("Engine on CPU") records every
 # lever tried, with its prediction written before the measurement and the outcome from
@@ -744,18 +748,26 @@ else:
 # per row: a C kernel (`tutx/kernels/csrc/paged_decode_cpu.c`, built on first use) that reads
 # the pages in place; linear weights prepacked for oneDNN, with the q/k/v and gate/up products
 # fused (`EngineConfig(prepack_weights=True)`); the layer glue in C (`tutx.kernels.llama_cpu_ops`);
-# and, for prompts, the same C file's prefill path, which puts a KV head's query heads for a few
+# for prompts, the same C file's prefill path, which puts a KV head's query heads for a few
 # consecutive prompt tokens into the 16 lanes of a vector register so that every key row feeds
-# 16 scores at once. Others did not: `torch.compile` of the decode step (minutes of compiling,
-# no faster), pinning each thread to a core (slower here), a first prefill kernel that put
-# *keys* in the lanes (slower), and two rewrites of the decode kernel's inner loops (no faster in
-# the engine). Greedy output stays token-identical to `generate` with every option, as the
-# table's last column checks.
+# 16 scores at once; keys stored *transposed* within each block of the pool, so that the decode
+# kernel scores 16 keys with one vector multiply-add per dimension and head (and asks for the
+# next block before it needs it: the pages lie anywhere in a pool larger than the caches); and
+# products of a few dozen rows — a decode step's — through our own register-blocked kernel
+# (`tutx.kernels.linear_cpu`), which beats oneDNN below ~48 rows on this machine. Others did
+# not: `torch.compile` of the decode step (minutes of compiling, no faster), pinning each thread
+# to a core (slower here), a first prefill kernel that put *keys* in the lanes (slower), and two
+# earlier rewrites of the decode kernel's inner loops (no faster in the engine). Greedy output
+# stays token-identical to `generate` with every option, as the table's last column checks. In
+# the lever table each row turns more of them off, cumulatively; `c_glue`, `keys_transposed` and
+# `few_rows` are switches of the measuring script (they reach into the model runner), the others
+# `EngineConfig` fields.
 
 # %%
 levers_log = Path(tutx.__file__).parent / "results" / "logs" / "engine_levers.log"
 blocks = levers_log.read_text().strip().split("\n# ")[::-1] if levers_log.exists() else []
-block = next((b for b in blocks if "workload ch6," in b.splitlines()[0] and '"c_glue": false' in b), None)
+block = next((b for b in blocks if "workload ch6," in b.splitlines()[0] and '"few_rows": false' in b
+              and '"c_glue": false' in b), None)
 if block is None:
     print("No lever measurements recorded yet: run scripts/engine_levers.py.")
 else:

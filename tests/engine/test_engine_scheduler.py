@@ -214,3 +214,26 @@ def test_mixed_prefill_budget_does_not_starve_a_prompt_logprobs_request():
     ran(*sched.schedule_mixed())
     sched.add(b)
     assert sched.schedule_mixed() == ([a], [b], [10])  # whole, within the 19 left of the full budget
+
+
+def test_idle_prefill_budget_caps_only_the_steps_taken_while_nothing_decodes():
+    sched = Scheduler(BlockManager(32, 4), 8, 24, idle_prefill_budget=10)
+    a, b, c, d, e = seq(6, 0), seq(6, 100), seq(6, 200), seq(6, 300), seq(12, 400)
+    for s in (a, b, c, d):
+        sched.add(s)
+    assert sched.schedule() == ([a], True)  # idle: 6 + 6 would pass 10
+    assert sched.schedule() == ([b, c, d], True)  # a is running: the full 24
+    for s in (a, b, c, d):
+        sched.finish(s, "length")
+    sched.add(e)
+    assert sched.schedule() == ([e], True)  # idle again: a first prompt over 10 goes alone (within 24)
+
+
+def test_engine_config_checks_idle_prefill_budget():
+    from tutx.engine import EngineConfig
+    with pytest.raises(ValueError, match="^idle_prefill_budget: expected at most max_num_batched_tokens=100"):
+        EngineConfig(max_num_batched_tokens=100, idle_prefill_budget=101)
+    with pytest.raises(ValueError, match="^idle_prefill_budget: applies to whole-prompt"):
+        EngineConfig(mixed_batches=True, idle_prefill_budget=64)
+    with pytest.raises(ValueError, match="idle_prefill_budget"):
+        EngineConfig(idle_prefill_budget=0)

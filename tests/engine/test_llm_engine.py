@@ -72,9 +72,10 @@ def assert_all_blocks_free(engine):
     EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176, attention_backend="sdpa",
                  prepack_weights=False),  # ... in PyTorch
     EngineConfig(mixed_batches=True, max_model_len=176, max_num_batched_tokens=176, mixed_prefill_budget=24),
+    EngineConfig(idle_prefill_budget=40),  # a small first prefill step, then whole budgets
 ], ids=["roomy", "preempt", "preempt-no-prefix-cache", "decode-groups-of-2", "decode-one-group", "cpu-kernel",
         "no-prepack", "sdpa-unpacked", "mixed", "mixed-preempt", "mixed-sdpa", "chunked", "chunked-sdpa",
-        "chunked-capped"])
+        "chunked-capped", "idle-budget"])
 def test_greedy_matches_hf_generate(tiny, prompts, config):
     model, tok = tiny
     engine = LLMEngine(model, tok, config)

@@ -40,6 +40,11 @@ class EngineConfig:
       some sequence decodes (None: the rest of ``max_num_batched_tokens``). Smaller keeps the
       running requests' time per output token down during a burst of prompts; a step with
       nothing to decode still takes a whole budget of prompts.
+    - ``idle_prefill_budget``: the most prompt tokens of a prefill step taken while no sequence
+      decodes — the first step of a burst (None: ``max_num_batched_tokens``; a first prompt
+      longer than this still goes, alone). Smaller than ``max_num_batched_tokens``, it lets the
+      first requests of a burst stream sooner, while the later, larger prefill steps interrupt the
+      requests already decoding less often. Whole-prompt steps only (``mixed_batches=False``).
     - ``prepack_weights``: on a CPU, reorder every linear weight once for oneDNN
       (:mod:`tutx.engine.cpu_linear`); costs a second copy of those weights. Eager steps only.
     """
@@ -57,12 +62,13 @@ class EngineConfig:
     prepack_weights: bool = True
     mixed_batches: bool = False
     mixed_prefill_budget: int | None = None
+    idle_prefill_budget: int | None = None
 
     def __post_init__(self):
         check_positive_int("block_size", self.block_size)
         check_positive_int("max_num_seqs", self.max_num_seqs)
         for name in ("num_blocks", "max_num_batched_tokens", "max_model_len", "decode_group_size",
-                     "mixed_prefill_budget"):
+                     "mixed_prefill_budget", "idle_prefill_budget"):
             check_optional_int(name, getattr(self, name), minimum=1)
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("attention_backend", self.attention_backend, BACKENDS)
@@ -77,6 +83,13 @@ class EngineConfig:
                 check_positive_int(f"graph_batch_sizes[{i}]", size)
         if self.mixed_prefill_budget is not None and not self.mixed_batches:
             raise ValueError("mixed_prefill_budget: applies to mixed steps only; set mixed_batches=True too")
+        if self.idle_prefill_budget is not None and self.mixed_batches:
+            raise ValueError("idle_prefill_budget: applies to whole-prompt prefill steps; mixed steps "
+                             "(mixed_batches=True) budget with mixed_prefill_budget")
+        if None not in (self.idle_prefill_budget, self.max_num_batched_tokens) and \
+                self.idle_prefill_budget > self.max_num_batched_tokens:
+            raise ValueError(f"idle_prefill_budget: expected at most max_num_batched_tokens="
+                             f"{self.max_num_batched_tokens}, got {self.idle_prefill_budget}")
         if self.max_num_batched_tokens is not None and self.max_model_len is not None \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(f"max_num_batched_tokens: expected >= max_model_len={self.max_model_len} "

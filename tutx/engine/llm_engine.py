@@ -50,7 +50,7 @@ class LLMEngine:
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.max_model_len, frozenset(e for e in eos if e is not None),
-                                   config.mixed_prefill_budget)
+                                   config.mixed_prefill_budget, config.idle_prefill_budget)
         self.sampler = Sampler()
         self.output_processor = OutputProcessor(tokenizer)
         self.vocab_size = model.config.vocab_size

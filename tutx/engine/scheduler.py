@@ -27,12 +27,13 @@ class Scheduler:
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int | None = None, eos_token_ids=frozenset(),
-                 mixed_prefill_budget: int | None = None):
+                 mixed_prefill_budget: int | None = None, idle_prefill_budget: int | None = None):
         # Trusted arguments: LLMEngine and EngineConfig checked them (CONTRIBUTING.md, "Errors").
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.mixed_prefill_budget = mixed_prefill_budget  # prompt tokens per mixed step that also decodes
+        self.idle_prefill_budget = idle_prefill_budget  # prompt tokens per prefill while nothing decodes
         self.max_model_len = max_model_len  # None: no context limit (tests of the scheduler alone)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
@@ -54,10 +55,15 @@ class Scheduler:
         """``(sequences to run, is_prefill)``; an empty list when nothing is left to do."""
         scheduled: list[Sequence] = []
         num_tokens = 0
+        # Nothing decoding (the start of a burst): a smaller first step streams its tokens sooner.
+        budget = self.idle_prefill_budget if not self.running and self.idle_prefill_budget else \
+            self.max_num_batched_tokens
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             # Budget counts the whole sequence: conservative when part of it is prefix-cached.
-            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+            # (A first prompt longer than the idle budget goes alone, within the full one.)
+            limit = budget if scheduled else self.max_num_batched_tokens
+            if num_tokens + len(seq) > limit or not self.block_manager.can_allocate(seq):
                 break
             self.block_manager.allocate(seq)
             num_tokens += len(seq) - seq.num_cached_tokens
@@ -70,17 +76,22 @@ class Scheduler:
 
         while self.running:
             seq = self.running.popleft()
-            while not self.block_manager.can_append(seq):
-                if self.running:
-                    self.preempt(self.running.pop())  # the most recently admitted one
-                else:
-                    self.preempt(seq)
-                    break
-            else:
-                self.block_manager.append_slot(seq)
+            if self._slot_or_preempt(seq):
                 scheduled.append(seq)
         self.running.extend(scheduled)
         return scheduled, False
+
+    def _slot_or_preempt(self, seq: Sequence) -> bool:
+        """Give ``seq`` (just taken from the front of ``running``) the slot for its next token,
+        preempting the most recently admitted sequences while the pool is full; False when
+        ``seq`` itself had to go."""
+        while not self.block_manager.can_append(seq):
+            if not self.running:
+                self.preempt(seq)
+                return False
+            self.preempt(self.running.pop())  # the most recently admitted one
+        self.block_manager.append_slot(seq)
+        return True
 
     def schedule_mixed(self) -> tuple[list[Sequence], list[Sequence], list[int]]:
         """``(decode, prefill, chunks)`` for one step of chunked prefill mixed with decode (vLLM's
@@ -98,15 +109,7 @@ class Scheduler:
             seq = self.running.popleft()
             if seq.num_computed_tokens < len(seq) - 1:  # part-way through its prompt: its blocks are there
                 kept.append(seq)
-                continue
-            while not self.block_manager.can_append(seq):
-                if self.running:
-                    self.preempt(self.running.pop())
-                else:
-                    self.preempt(seq)
-                    break
-            else:
-                self.block_manager.append_slot(seq)
+            elif self._slot_or_preempt(seq):
                 decode.append(seq)
                 kept.append(seq)
         self.running.extend(kept)
