@@ -317,6 +317,7 @@ def test_silu_mul_bad_inputs_raise():
 def test_builds_into_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("TUTX_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cpu_build, "_loaded", {})  # restored by monkeypatch
+    monkeypatch.setattr(cpu_build, "_failed", {})
     lco._lib.cache_clear()
     try:
         check_silu_mul(3, 64)

@@ -182,6 +182,7 @@ def fresh_build(monkeypatch, tmp_path):
     """No built library in memory or on disk; the caches are cleared again afterwards."""
     monkeypatch.setenv("TUTX_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cpu_build, "_loaded", {})  # restored by monkeypatch
+    monkeypatch.setattr(cpu_build, "_failed", {})
     pdc._kernel.cache_clear()
     yield tmp_path
     pdc._kernel.cache_clear()
@@ -216,3 +217,13 @@ def test_failing_compiler_raises_with_its_command(fresh_build, monkeypatch):
         cpu_build.build("paged_decode_cpu.c", {"HEAD_DIM": 32})
     assert not cpu_kernel_available(32)
     assert not list((fresh_build / "cpu_kernels").glob("*.so"))
+    run, compiles = cpu_build.subprocess.run, []
+
+    def counting_run(cmd, **kwargs):
+        compiles.extend([cmd] if "-c" in cmd else [])
+        return run(cmd, **kwargs)
+
+    monkeypatch.setattr(cpu_build.subprocess, "run", counting_run)
+    with pytest.raises(KernelBuildError, match="building paged_decode_cpu.c failed"):
+        cpu_build.build("paged_decode_cpu.c", {"HEAD_DIM": 32})
+    assert compiles == []  # a failed build is not tried again in this process

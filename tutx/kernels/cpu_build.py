@@ -9,6 +9,9 @@ Nothing needs PyTorch's headers: a kernel takes raw pointers, so a build takes w
 ``-ffast-math`` lets the compiler vectorize reductions and call a vector ``expf``; it is given to
 the compile step only, never to the link step, where GCC would add ``crtfastmath.o`` and switch
 the whole process's floating point to flush-denormals-to-zero.
+
+A build that fails is remembered for the rest of the process (the same error, no second compile):
+callers such as :func:`~tutx.kernels.paged_decode_cpu.cpu_kernel_available` may ask often.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-fPIC", "-fopenmp", "-ffast-math", "-s
 LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
 
 _loaded: dict[str, ctypes.CDLL] = {}
+_failed: dict[str, str] = {}  # build key -> the error: a build that failed is not retried in this process
 
 
 class KernelBuildError(RuntimeError):
@@ -60,6 +64,8 @@ def build(source: str, defines: dict[str, int] | None = None) -> ctypes.CDLL:
     name = f"{src.stem}-{key[:16]}"
     if name in _loaded:
         return _loaded[name]
+    if name in _failed:
+        raise KernelBuildError(_failed[name])
     lib_path = cache_dir() / f"{name}.so"
     if not lib_path.exists():
         try:
@@ -72,7 +78,8 @@ def build(source: str, defines: dict[str, int] | None = None) -> ctypes.CDLL:
             for cmd in ([cc, *flags, "-c", str(src), "-o", str(obj)], [cc, str(obj), "-o", str(out), *LINK_FLAGS]):
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
-                    raise KernelBuildError(f"building {source} failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+                    _failed[name] = f"building {source} failed: {' '.join(cmd)}\n{done.stderr[-2000:]}"
+                    raise KernelBuildError(_failed[name])
             os.replace(out, lib_path)  # atomic: a concurrent build of the same key just replaces it
     _loaded[name] = ctypes.CDLL(str(lib_path))
     return _loaded[name]
