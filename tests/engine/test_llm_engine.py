@@ -347,3 +347,28 @@ def test_errors(tiny, prompts):
     with pytest.raises(TypeError, match="Llama-style"):
         LLMEngine(torch.nn.Linear(2, 2), tok)
     assert "LLMEngine(unfinished=0" in repr(engine)
+
+
+def test_without_a_c_compiler_the_engine_runs_in_pytorch_and_onednn(tiny, prompts, monkeypatch, tmp_path):
+    """No compiler: SDPA attention, oneDNN products, torch's argmax; the same greedy tokens."""
+    from tutx.kernels import cpu_build, linear_cpu, llama_cpu_ops, paged_decode_cpu
+
+    caches = (paged_decode_cpu._kernel, llama_cpu_ops._lib, linear_cpu._lib)
+    monkeypatch.setenv("CC", "/nonexistent")
+    monkeypatch.setenv("TUTX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_build, "_loaded", {})
+    monkeypatch.setattr(cpu_build, "_failed", {})
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        model, tok = tiny
+        engine = LLMEngine(model, tok, EngineConfig())
+        assert engine.runner.attention_backend == "sdpa" and not engine.runner.cpu_ops
+        assert not engine.sampler._fast_argmax
+        outs = engine.generate(prompts, [greedy(n) for n in MAX_TOKENS], progress=False)
+        for prompt, n, out in zip(prompts, MAX_TOKENS, outs):
+            assert out.token_ids == hf_greedy(model, prompt, n)
+        assert not any(engine.runner.linear._few.values())  # every product went to oneDNN
+    finally:
+        for cache in caches:
+            cache.cache_clear()
