@@ -9,8 +9,10 @@ Batches are *flattened* (as in nano-vllm): a prefill of sequences of 7 and 12 ne
 
 KV pool: one tensor ``kv_cache [2, num_layers, num_blocks, block_size, Hkv, D]`` (K then V), so
 layer ``l``'s pools are ``kv_cache[0, l]`` and ``kv_cache[1, l]`` of shape
-``[num_blocks, block_size, Hkv, D]`` (see :mod:`tutx.kernels.paged_decode`). Block ids are
-shared by all layers: the block manager hands out a block once for every layer.
+``[num_blocks, block_size, Hkv, D]`` (see :mod:`tutx.kernels.paged_decode`). The C path
+(``cpu_ops``) views its key pools as ``[num_blocks, Hkv, D, block_size]`` instead, the keys of a
+block transposed (:attr:`ModelRunner.keys_transposed`). Block ids are shared by all layers: the
+block manager hands out a block once for every layer.
 """
 from __future__ import annotations
 
