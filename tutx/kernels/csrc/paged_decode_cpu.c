@@ -200,6 +200,7 @@ static int decode_rows(const float *restrict q, int64_t q_stride, const float *r
  * Up to GMAX heads per call; `G` is a literal at each call site (decode_rows_t's switch), so that
  * the loops over heads unroll and S and acc stay in registers. */
 #define GMAX 8
+#define PREFETCH_AHEAD 2  /* key blocks requested ahead of the one being scored */
 static inline __attribute__((always_inline)) void decode_item_t(
     const float *restrict qb, const float *restrict kt_pool, const float *restrict v_pool,
     const int32_t *restrict table, int64_t L, float *restrict ob, float *restrict scores, int64_t Lp,
@@ -214,14 +215,15 @@ static inline __attribute__((always_inline)) void decode_item_t(
         const float *kb = kt_pool + ((int64_t)table[t0 / bs] * Hkv + h) * D * bs;
         const int64_t n = L - t0 < bs ? L - t0 : bs;
         /* The pages lie anywhere in a pool larger than the caches, so the hardware prefetcher stops
-         * at every block: ask for the next block's keys and this block's values (pass 3) now. */
-        if (t0 + bs < L) {
-            const float *next = kt_pool + ((int64_t)table[t0 / bs + 1] * Hkv + h) * D * bs;
-            for (int64_t o = 0; o < D * bs; o += LANES) __builtin_prefetch(next + o);
+         * at every block: ask for the keys two blocks ahead and this block's values (pass 3) now,
+         * into L2 (prefetcht1: more misses in flight than L1's fill buffers allow). */
+        for (int64_t a = t0 == 0 ? 1 : PREFETCH_AHEAD; a <= PREFETCH_AHEAD && t0 + a * bs < L; a++) {
+            const float *ahead = kt_pool + ((int64_t)table[t0 / bs + a] * Hkv + h) * D * bs;
+            for (int64_t o = 0; o < D * bs; o += LANES) __builtin_prefetch(ahead + o, 0, 2);
         }
         const float *vb = v_pool + (int64_t)table[t0 / bs] * bs * stride + h * D;
         for (int64_t j = 0; j < n; j++)
-            for (int o = 0; o < D; o += LANES) __builtin_prefetch(vb + j * stride + o);
+            for (int o = 0; o < D; o += LANES) __builtin_prefetch(vb + j * stride + o, 0, 2);
         int64_t c = 0;
         for (; c < n && c + LANES <= bs; c += LANES) {  /* 16 slots of the block (those past n: masked) */
             vf S[GMAX];
