@@ -78,11 +78,21 @@ class PackedLinears:
         self.fused[modules] = (packed, bias, [m.out_features for m in modules])
         return True
 
+    def _few_rows_product(self, key, weights, bias, x: torch.Tensor) -> torch.Tensor | None:
+        """``x``'s product through :func:`linear_cpu` when it has few enough rows (None: use oneDNN).
+        ``weights()`` gives the module's or fused group's weights, read only on the first call."""
+        if not self.few_rows or x.dim() != 2 or x.shape[0] > 64:
+            return None
+        few = self._few[key] if key in self._few else self._few_rows(key, weights(), bias)
+        if few is None or x.shape[0] > few[3]:
+            return None
+        return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
+
     def _few_rows(self, key, weights, bias):
         """``linear_cpu``'s packed weight for a module or fused group (made on first use), or None."""
         if key not in self._few:
             entry = None
-            if self.few_rows and weights[0].dtype == torch.float32:
+            if weights[0].dtype == torch.float32:
                 with torch.no_grad():
                     weight = torch.cat([w.detach() for w in weights])  # [sum(out), in]
                 try:
@@ -96,11 +106,8 @@ class PackedLinears:
     def fused_output(self, modules: tuple, x: torch.Tensor) -> torch.Tensor:
         """The product of a fused group, unsplit: ``[T, sum of out_features]`` (contiguous)."""
         weight, bias, _ = self.fused[modules]
-        if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
-            few = self._few[modules] if modules in self._few else self._few_rows(modules, [m.weight for m in modules], bias)
-            if few is not None and x.shape[0] <= few[3]:
-                return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        out = self._few_rows_product(modules, lambda: [m.weight for m in modules], bias, x)
+        return out if out is not None else torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     def many(self, modules: tuple, x: torch.Tensor) -> list[torch.Tensor]:
         """``[m(x) for m in modules]``, as one product when :meth:`fuse` packed them together."""
@@ -121,11 +128,8 @@ class PackedLinears:
         weight = self.packed.get(module)
         if weight is None:
             return module(x)
-        if self.few_rows and x.dim() == 2 and x.shape[0] <= 64:
-            few = self._few[module] if module in self._few else self._few_rows(module, [module.weight], module.bias)
-            if few is not None and x.shape[0] <= few[3]:
-                return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, module.bias, "none", [], "")
+        out = self._few_rows_product(module, lambda: [module.weight], module.bias, x)
+        return out if out is not None else torch.ops.mkldnn._linear_pointwise(x, weight, module.bias, "none", [], "")
 
 
 __all__ = ["PackedLinears", "prepack_supported"]

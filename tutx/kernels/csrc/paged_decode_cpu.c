@@ -8,8 +8,8 @@
  * lengths [T] (int32, in [1, W * block_size]): row r attends to the first lengths[r] tokens;
  * out [T, Hq, D]. All float32; everything but q contiguous.
  *
- * Decode (table_of_row NULL): one work item per (sequence, KV head); decode_rows_t with the keys
- * transposed (scores 16 keys per vector), decode_rows with keys in rows.
+ * Decode (table_of_row NULL): decode_rows, one work item per (sequence, KV head); decode_item_t
+ * with the keys transposed (scores 16 keys per vector), decode_item_rows with keys in rows.
  *
  * Prefill (table_of_row given): tiled so that the arithmetic runs in full vectors. A *tile* is up
  * to 16 query vectors that read the same keys: the G = Hq / Hkv query heads of one KV head, for
@@ -22,7 +22,7 @@
  * Rows of a tile may have different lengths (a prompt's causal mask): a key past a lane's
  * length gets probability 0. Tiles x KV heads run in parallel (OpenMP, dynamic).
  *
- * (A tile of a decode row fills only G of its 16 lanes: measured 0.7x the speed of decode_rows.)
+ * (A tile of a decode row fills only G of its 16 lanes: measured 0.7x the speed of decode_item_rows.)
  *
  * HEAD_DIM is fixed when the library is built (tutx.kernels.cpu_build compiles one library per
  * head dimension, like a Triton constexpr), so the loops over D unroll. Vectors are GCC/Clang
@@ -109,95 +109,75 @@ static inline __attribute__((always_inline)) void chunk(
     }
 }
 
-/* Decode: one query row per sequence. Work item = (sequence b, KV head h): its G query heads
- * share every key and value row read. Two passes over the sequence's pages, block by block:
- * scores s[g][t] = scale * q_g . k_t, then softmax over t and out_g = sum_t p[g][t] * v_t.
- * The dot products are `omp simd` reductions over D (one horizontal sum each). */
-static int decode_rows(const float *restrict q, int64_t q_stride, const float *restrict k_pool,
-                       const float *restrict v_pool, const int32_t *restrict block_tables,
-                       const int32_t *restrict lengths, float *restrict out, int64_t B, int64_t Hq, int64_t Hkv, int64_t block_size, int64_t W, float scale,
-                       int num_threads)
+/* Decode with keys in rows, one work item (sequence b, KV head h): its G query heads share every
+ * key and value row read. Two passes over the sequence's pages, block by block: scores
+ * s[g][t] = scale * q_g . k_t, then softmax over t and out_g = sum_t p[g][t] * v_t. The dot
+ * products are `omp simd` reductions over D (one horizontal sum each). scores: G * L floats. */
+static void decode_item_rows(const float *restrict qb, const float *restrict k_pool, const float *restrict v_pool,
+                             const int32_t *restrict table, int64_t L, float *restrict ob, float *restrict scores,
+                             int64_t Hkv, int64_t h, int64_t block_size, float scale, int64_t G)
 {
-    const int64_t G = Hq / Hkv, stride = Hkv * D;
-    int status = 0;
-#pragma omp parallel num_threads(num_threads)
-    {
-        float *scores = (float *)malloc(sizeof(float) * G * W * block_size);  /* lengths <= W * block_size */
-        if (scores == NULL) {
-#pragma omp atomic write
-            status = 2;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < B * Hkv; item++) {
-            if (scores == NULL) continue;
-            const int64_t b = item / Hkv, h = item % Hkv;
-            const int64_t L = lengths[b];
-            const int32_t *table = block_tables + b * W;
-            const float *qb = q + b * q_stride + h * G * D;  /* the group's G query rows */
-            float mx[MAX_GROUP];
-            for (int64_t g = 0; g < G; g++) mx[g] = -FLT_MAX;
-            for (int64_t t0 = 0; t0 < L; t0 += block_size) {  /* pass 1: scores and their max per head */
-                const float *kb = k_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
-                const int64_t n = L - t0 < block_size ? L - t0 : block_size;
-                for (int64_t j = 0; j < n; j++) {
-                    const float *kr = kb + j * stride;
-                    for (int64_t g = 0; g < G; g++) {
-                        const float *qr = qb + g * D;
-                        float s = 0.0f;
-#pragma omp simd reduction(+:s)
-                        for (int64_t d = 0; d < D; d++) s += qr[d] * kr[d];
-                        s *= scale;
-                        scores[g * L + t0 + j] = s;
-                        mx[g] = s > mx[g] ? s : mx[g];
-                    }
-                }
-            }
-            float sum[MAX_GROUP];
-            for (int64_t g = 0; g < G; g++) {  /* softmax numerators and sums */
-                float *sg = scores + g * L, m = mx[g], acc = 0.0f;
-                int64_t t = 0;
-                for (; t + LANES <= L; t += LANES) {
-                    vf x;
-                    memcpy(&x, sg + t, sizeof(x));
-                    x = vexp(x - m);
-                    memcpy(sg + t, &x, sizeof(x));
-                }
-                for (; t < L; t++) sg[t] = expf(sg[t] - m);
-#pragma omp simd reduction(+:acc)
-                for (int64_t u = 0; u < L; u++) acc += sg[u];
-                sum[g] = acc;
-            }
-            float *ob = out + (b * Hq + h * G) * D;  /* pass 2: weighted sum of the value rows */
+    const int64_t stride = Hkv * D;
+    float mx[MAX_GROUP];
+    for (int64_t g = 0; g < G; g++) mx[g] = -FLT_MAX;
+    for (int64_t t0 = 0; t0 < L; t0 += block_size) {  /* pass 1: scores and their max per head */
+        const float *kb = k_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
+        const int64_t n = L - t0 < block_size ? L - t0 : block_size;
+        for (int64_t j = 0; j < n; j++) {
+            const float *kr = kb + j * stride;
             for (int64_t g = 0; g < G; g++) {
-                const float *pg = scores + g * L;
-                float acc[D];
-                memset(acc, 0, sizeof(acc));
-                for (int64_t t0 = 0; t0 < L; t0 += block_size) {
-                    const float *vb = v_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
-                    const int64_t n = L - t0 < block_size ? L - t0 : block_size;
-                    for (int64_t j = 0; j < n; j++) {
-                        const float p = pg[t0 + j], *vr = vb + j * stride;
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++) acc[d] += p * vr[d];
-                    }
-                }
-                const float inv = 1.0f / sum[g];
-                for (int64_t d = 0; d < D; d++) ob[g * D + d] = acc[d] * inv;
+                const float *qr = qb + g * D;
+                float s = 0.0f;
+#pragma omp simd reduction(+:s)
+                for (int64_t d = 0; d < D; d++) s += qr[d] * kr[d];
+                s *= scale;
+                scores[g * L + t0 + j] = s;
+                mx[g] = s > mx[g] ? s : mx[g];
             }
         }
-        free(scores);
     }
-    return status;
+    float sum[MAX_GROUP];
+    for (int64_t g = 0; g < G; g++) {  /* softmax numerators and sums */
+        float *sg = scores + g * L, m = mx[g], acc = 0.0f;
+        int64_t t = 0;
+        for (; t + LANES <= L; t += LANES) {
+            vf x;
+            memcpy(&x, sg + t, sizeof(x));
+            x = vexp(x - m);
+            memcpy(sg + t, &x, sizeof(x));
+        }
+        for (; t < L; t++) sg[t] = expf(sg[t] - m);
+#pragma omp simd reduction(+:acc)
+        for (int64_t u = 0; u < L; u++) acc += sg[u];
+        sum[g] = acc;
+    }
+    /* pass 2: weighted sum of the value rows */
+    for (int64_t g = 0; g < G; g++) {
+        const float *pg = scores + g * L;
+        float acc[D];
+        memset(acc, 0, sizeof(acc));
+        for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+            const float *vb = v_pool + (int64_t)table[t0 / block_size] * block_size * stride + h * D;
+            const int64_t n = L - t0 < block_size ? L - t0 : block_size;
+            for (int64_t j = 0; j < n; j++) {
+                const float p = pg[t0 + j], *vr = vb + j * stride;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) acc[d] += p * vr[d];
+            }
+        }
+        const float inv = 1.0f / sum[g];
+        for (int64_t d = 0; d < D; d++) ob[g * D + d] = acc[d] * inv;
+    }
 }
 
 /* Decode with the keys transposed within each block: kt_pool [num_blocks, Hkv, D, block_size], so
  * that the keys of a block's slots lie side by side for every d. One work item per (sequence, KV
- * head), as in decode_rows, in three passes:
+ * head), as in decode_item_rows, in three passes:
  *   scores, 16 keys at a time:  s[g][16 keys] += q[g][d] * kt[d][16 keys]   (a multiply-add per d
  *                               and head, no horizontal sums);
  *   softmax over each head's scores in full vectors;
  *   values row by row:          acc[g][:] += p[g][t] * v[t][:], every head's accumulator in registers.
- * Up to GMAX heads per call; `G` is a literal at each call site (decode_rows_t's switch), so that
+ * Up to GMAX heads per call; `G` is a literal at each call site (decode_rows's switch), so that
  * the loops over heads unroll and S and acc stay in registers. */
 #define GMAX 8
 #define PREFETCH_AHEAD 2  /* key blocks requested ahead of the one being scored */
@@ -316,16 +296,18 @@ static inline __attribute__((always_inline)) void decode_item_t(
 #endif
 }
 
-static int decode_rows_t(const float *restrict q, int64_t q_stride, const float *restrict kt_pool,
-                         const float *restrict v_pool, const int32_t *restrict block_tables,
-                         const int32_t *restrict lengths, float *restrict out, int64_t B, int64_t Hq, int64_t Hkv, int64_t block_size, int64_t W, float scale,
-                         int num_threads)
+/* Decode: one query row per sequence, one work item per (sequence, KV head), each thread with its
+ * own scratch for the scores; keys transposed (decode_item_t) or in rows (decode_item_rows). */
+static int decode_rows(const float *restrict q, int64_t q_stride, const float *restrict k_pool,
+                       const float *restrict v_pool, const int32_t *restrict block_tables,
+                       const int32_t *restrict lengths, float *restrict out, int64_t B, int64_t Hq, int64_t Hkv, int64_t block_size, int64_t W, float scale,
+                         int keys_transposed, int num_threads)
 {
     const int64_t G = Hq / Hkv, Lp = (W * block_size + LANES - 1) / LANES * LANES + LANES;
     int status = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * GMAX * Lp);
+        float *scores = (float *)malloc(sizeof(float) * (G > GMAX ? G : GMAX) * Lp);  /* Lp >= W * block_size */
         if (scores == NULL) {
 #pragma omp atomic write
             status = 2;
@@ -337,15 +319,19 @@ static int decode_rows_t(const float *restrict q, int64_t q_stride, const float 
             const int32_t *table = block_tables + b * W;
             const float *qb = q + b * q_stride + h * G * D;
             float *ob = out + (b * Hq + h * G) * D;
+            if (!keys_transposed) {
+                decode_item_rows(qb, k_pool, v_pool, table, L, ob, scores, Hkv, h, block_size, scale, G);
+                continue;
+            }
             switch (G) {  /* literal group sizes: the head loops unroll */
-            case 1: decode_item_t(qb, kt_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 1); break;
-            case 2: decode_item_t(qb, kt_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 2); break;
-            case 3: decode_item_t(qb, kt_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 3); break;
-            case 4: decode_item_t(qb, kt_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 4); break;
-            case 8: decode_item_t(qb, kt_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 8); break;
+            case 1: decode_item_t(qb, k_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 1); break;
+            case 2: decode_item_t(qb, k_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 2); break;
+            case 3: decode_item_t(qb, k_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 3); break;
+            case 4: decode_item_t(qb, k_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 4); break;
+            case 8: decode_item_t(qb, k_pool, v_pool, table, L, ob, scores, Lp, Hkv, h, block_size, scale, 8); break;
             default:  /* other groups: GMAX heads at a time, each chunk reading the keys again */
                 for (int64_t g0 = 0; g0 < G; g0 += GMAX)
-                    decode_item_t(qb + g0 * D, kt_pool, v_pool, table, L, ob + g0 * D, scores, Lp, Hkv, h,
+                    decode_item_t(qb + g0 * D, k_pool, v_pool, table, L, ob + g0 * D, scores, Lp, Hkv, h,
                                   block_size, scale, (int)(G - g0 < GMAX ? G - g0 : GMAX));
             }
         }
@@ -364,10 +350,9 @@ int tutx_paged_decode_f32(const float *restrict q, int64_t q_stride, const float
 {
     const int64_t G = Hq / Hkv;
     if (G > MAX_GROUP || G * Hkv != Hq || head_dim != HEAD_DIM || T < 0) return 1;
-    if (table_of_row == NULL && keys_transposed)  /* decode: each row alone (a tile would fill only G of its lanes) */
-        return decode_rows_t(q, q_stride, k_pool, v_pool, block_tables, lengths, out, T, Hq, Hkv, block_size, W, scale, num_threads);
-    if (table_of_row == NULL)
-        return decode_rows(q, q_stride, k_pool, v_pool, block_tables, lengths, out, T, Hq, Hkv, block_size, W, scale, num_threads);
+    if (table_of_row == NULL)  /* decode: each row alone (a tile would fill only G of its lanes) */
+        return decode_rows(q, q_stride, k_pool, v_pool, block_tables, lengths, out, T, Hq, Hkv, block_size, W, scale,
+                           keys_transposed, num_threads);
     /* Tiles: runs of consecutive rows that read one table, at most `rows_per_tile` each; with
      * G > LANES a row's heads are split into ceil(G / LANES) head chunks instead. */
     const int64_t rows_per_tile = G >= LANES ? 1 : LANES / G;
