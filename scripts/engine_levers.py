@@ -7,7 +7,9 @@ Each argument is one engine: ``EngineConfig`` fields as JSON (``max_num_seqs=64`
 plus three measurement-only switches: ``"c_glue": false`` turns off the C layer glue
 (``ModelRunner.cpu_ops``) and leaves the rest; ``"keys_transposed": false`` keeps the C path's keys
 in rows (``ModelRunner.keys_transposed``); ``"few_rows": false`` runs every product through oneDNN
-(``PackedLinears.few_rows``). All engines share one model, get the workload of
+(``PackedLinears.few_rows``); ``"keep_freed_memory": false`` puts glibc's malloc settings back
+before each of that engine's runs (:func:`tutx.engine.cpu_memory.keep_freed_memory`; the others run
+with the engine's). All engines share one model, get the workload of
 ``scripts/bench_engines.py`` (the same requests, greedy, eos ignored), one warm-up run each, then
 ``--rounds`` timed runs in alternating order (A B C, C B A, ...), so that a slow patch of a shared
 machine hits all of them. Tokens must be identical across engines and runs. Prints, and appends to
@@ -43,6 +45,7 @@ def main(argv=None) -> list[str]:
 
     from tutx.bench.environment import cpu_name
     from tutx.engine import EngineConfig, LLMEngine
+    from tutx.engine.cpu_memory import keep_freed_memory
     from tutx.models import load_tiny_tokenizer
 
     torch.set_num_threads(args.threads)
@@ -54,18 +57,21 @@ def main(argv=None) -> list[str]:
     for text in args.configs:
         spec = json.loads(text)
         glue, transposed = spec.pop("c_glue", True), spec.pop("keys_transposed", True)
-        few_rows = spec.pop("few_rows", True)
+        few_rows, keep = spec.pop("few_rows", True), spec.pop("keep_freed_memory", True)
         engine = LLMEngine(model, tok, EngineConfig(**{"max_num_seqs": 64, **spec}))
         engine.runner.linear.few_rows = engine.runner.linear.few_rows and few_rows
         engine.runner.cpu_ops = engine.runner.cpu_ops and glue
         engine.runner.keys_transposed = engine.runner.keys_transposed and transposed and glue
         state = {"model": model, "tok": tok, "engine": engine}
-        engines.append({"label": text, "state": state, "ref": bench_engines._run_tutx(state, work)["tokens"],
+        keep_freed_memory(keep)
+        engines.append({"label": text, "state": state, "keep": keep,
+                        "ref": bench_engines._run_tutx(state, work)["tokens"],
                         "wall": [], "cpu": [], "tpot": [], "ttft": []})
     if any(e["ref"] != engines[0]["ref"] for e in engines):
         raise SystemExit("the engines produced different tokens")
     for r in range(args.rounds):
         for e in engines if r % 2 == 0 else engines[::-1]:
+            keep_freed_memory(e["keep"])
             cpu = time.process_time()
             out = bench_engines._run_tutx(e["state"], work)
             e["cpu"].append(time.process_time() - cpu)

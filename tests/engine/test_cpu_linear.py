@@ -103,7 +103,8 @@ def test_fuse_with_bias():
 @onednn
 @pytest.mark.parametrize("few_rows", [True, False], ids=["linear_cpu", "onednn-only"])
 def test_few_rows_go_through_linear_cpu(few_rows):
-    """Up to few_rows_limit rows run the C kernel (its packed copy made on first use); more run oneDNN."""
+    """Up to few_rows_limit rows (every count with AVX-512) run the C kernel (its packed copy made on
+    first use); more run oneDNN."""
     from tutx.kernels.cpu_build import compiler
     from tutx.kernels.linear_cpu import few_rows_limit
 
@@ -116,7 +117,7 @@ def test_few_rows_go_through_linear_cpu(few_rows):
     assert packed.fuse(group)
     limit = few_rows_limit(32)
     with torch.inference_mode():
-        for rows in (1, limit, limit + 1):
+        for rows in (1, 48, 300) if limit is None else (1, limit, limit + 1):
             x = inputs(rows, 32)
             torch.testing.assert_close(packed(model.lm_head, x), model.lm_head(x), atol=1e-5, rtol=1e-5)
             for out, m in zip(packed.many(group, x), group):

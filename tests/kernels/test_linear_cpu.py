@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tutx.kernels import cpu_build
-from tutx.kernels.linear_cpu import NR, few_rows_limit, linear_cpu, linear_ref, pack_weight, pad_bias
+from tutx.kernels.linear_cpu import NR, few_rows_limit, linear_cpu, linear_ref, pack_weight, pad_bias, vector_bits
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C compiler to build the CPU kernel")
 
@@ -57,5 +57,41 @@ def test_bad_inputs_raise():
         linear_cpu(x, packed, 100, b)  # not padded
 
 
-def test_few_rows_limit():
-    assert few_rows_limit(256) == 48 and few_rows_limit(768) == 12
+def test_few_rows_limit_follows_the_vector_width():
+    if vector_bits() >= 512:
+        assert few_rows_limit(256) is None and few_rows_limit(768) is None
+    else:
+        assert few_rows_limit(256) == 48 and few_rows_limit(768) == 12
+
+
+def _cpu_flags() -> set:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+@pytest.mark.parametrize("march,flag", [("haswell", "avx2"), ("x86-64", "sse2")], ids=["avx2", "sse"])
+def test_narrower_vector_builds_match_f_linear(tmp_path, march, flag):
+    """The kernel as built for CPUs without AVX-512 (6 x 2 blocks of 8 or 4 floats) gives F.linear's
+    products too; built here by hand for an older x86 target and run on this CPU."""
+    import ctypes
+    import subprocess
+
+    if flag not in _cpu_flags():
+        pytest.skip(f"needs an x86 CPU with {flag}")
+    lib_path = tmp_path / f"linear_{march}.so"
+    cmd = [cpu_build.compiler(), *[f for f in cpu_build.COMPILE_FLAGS if f != "-march=native"], f"-march={march}",
+           "-shared", str(cpu_build.CSRC / "linear_cpu.c"), "-o", str(lib_path), *cpu_build.LINK_FLAGS]
+    subprocess.run(cmd, check=True, capture_output=True)
+    lib = ctypes.CDLL(str(lib_path))
+    assert lib.tutx_linear_vector_bits() == (256 if march == "haswell" else 128)
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    lib.tutx_linear_f32.argtypes = [P, I, P, P, P, I, I, I, I, ctypes.c_int]
+    for m, n, k in [(1, 64, 32), (7, 384, 256), (13, 100, 33), (50, 130, 640)]:
+        x, w, b = make(m, n, k, seed=m)
+        packed, bias = pack_weight(w), pad_bias(b, pack_weight(w))
+        y = torch.empty(m, n)
+        lib.tutx_linear_f32(x.data_ptr(), k, packed.data_ptr(), bias.data_ptr(), y.data_ptr(), n, m, n, k, 2)
+        torch.testing.assert_close(y, linear_ref(x, w, b), atol=1e-4, rtol=1e-5)

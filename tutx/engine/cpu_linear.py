@@ -16,7 +16,10 @@ memory again as the linear weights.
 
 Products with few rows (a decode step of a few dozen sequences) run through
 :func:`~tutx.kernels.linear_cpu.linear_cpu` instead, a register-blocked C kernel that beats oneDNN
-there (``few_rows=True``; its own packed copy of a weight is made on first use).
+there (``few_rows=True``; its own packed copy of a weight is made on first use). Built for AVX-512
+it beats oneDNN at every row count measured (1 to 2,048), so there every product runs through it
+(:func:`~tutx.kernels.linear_cpu.few_rows_limit`) and the oneDNN copies serve only as the
+fallback for inputs it does not take.
 """
 from __future__ import annotations
 
@@ -79,12 +82,13 @@ class PackedLinears:
         return True
 
     def _few_rows_product(self, key, weights, bias, x: torch.Tensor) -> torch.Tensor | None:
-        """``x``'s product through :func:`linear_cpu` when it has few enough rows (None: use oneDNN).
+        """``x``'s product through :func:`linear_cpu` when it has few enough rows for it
+        (:func:`~tutx.kernels.linear_cpu.few_rows_limit`; None: use oneDNN).
         ``weights()`` gives the module's or fused group's weights, read only on the first call."""
-        if not self.few_rows or x.dim() != 2 or x.shape[0] > 64:
+        if not self.few_rows or x.dim() != 2:
             return None
         few = self._few[key] if key in self._few else self._few_rows(key, weights(), bias)
-        if few is None or x.shape[0] > few[3]:
+        if few is None or (few[3] is not None and x.shape[0] > few[3]):
             return None
         return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
 

@@ -24,6 +24,7 @@ import torch
 
 from tutx.engine.attention import gather_kv, store_kv, paged_decode_attention_sdpa, prefill_attention
 from tutx.engine.cpu_linear import PackedLinears
+from tutx.engine.cpu_memory import keep_freed_memory
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
 from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu, silu_mul_cpu
@@ -127,6 +128,8 @@ class ModelRunner:
 
             self.graphs = make_decode_graphs(self, graph_sizes, self.device)
             self.decode_group_size = None  # static shapes: one group as wide as the longest context
+        if self.device.type == "cpu":  # a step's freed activations stay in malloc's heap for the next step
+            keep_freed_memory()
         # Packed weights serve eager steps (a compiled step keeps the model's own linear layers).
         self.linear = PackedLinears(model, prepack_weights and self.device.type == "cpu" and self.graphs is None)
         for layer in layers:  # projections of the same input run as one product

@@ -3,10 +3,12 @@
 A decode step multiplies a few dozen rows (one per running sequence) by every weight matrix.
 oneDNN's kernels are built for many rows: on this workplace's 2-core AMD EPYC they reach 10-60
 GFLOP/s below 16 rows and ~120 at 40, against ~190 at 256 (PERF_NOTES.md, L22). The kernel
-``csrc/linear_cpu.c`` is the textbook alternative for few rows: the weight is packed once into
-tiles of 64 output columns (``[N / 64, K, 64]``), and a micro-kernel keeps a 6 x 64 block of the
-output in 24 vector registers while it walks ``k``. It wins below ~48 rows for the tiny LM's
-matrices and below ~12 for the 80M model's, where oneDNN's blocking for large ``K`` pays off.
+``csrc/linear_cpu.c`` is the textbook register-blocked micro-kernel: the weight is packed once
+into tiles of 64 output columns (``[N / 64, K, 64]``), and with AVX-512 a 6 x 64 block of the
+output stays in 24 vector registers while it walks ``k`` (6 x 16 blocks with AVX2). With AVX-512
+it reaches 170-215 GFLOP/s of this CPU's ~218 from 12 to 2,048 rows, ahead of oneDNN at every
+size on both benchmark models' shapes (L31), so the engine runs every product through it there
+(:func:`few_rows_limit`).
 
 The triple: the kernel, :func:`linear_cpu` (the wrapper; :func:`pack_weight` packs), and the
 reference :func:`linear_ref` (``F.linear``). fp32 only; the sums run over ``k`` in order, so the
@@ -31,6 +33,8 @@ def _lib():
     lib.tutx_pack_weight.argtypes = [_P, _P, _I, _I]
     lib.tutx_linear_f32.argtypes = [_P, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
     lib.tutx_pack_weight.restype = lib.tutx_linear_f32.restype = None
+    lib.tutx_linear_vector_bits.argtypes = []
+    lib.tutx_linear_vector_bits.restype = ctypes.c_int
     return lib
 
 
@@ -94,10 +98,21 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def few_rows_limit(in_features: int) -> int:
-    """The most rows for which :func:`linear_cpu` beat oneDNN's prepacked product on this workplace's
-    CPU (PERF_NOTES.md, L22): 48 for inputs up to 512 features, 12 for wider ones."""
+def vector_bits() -> int:
+    """The vector width the kernel was compiled for on this CPU, in bits: 512 (AVX-512), 256 (AVX,
+    AVX2) or 128 (SSE, NEON)."""
+    return int(_lib().tutx_linear_vector_bits())
+
+
+def few_rows_limit(in_features: int) -> int | None:
+    """The most rows for which :func:`linear_cpu` is used instead of oneDNN's prepacked product
+    (None: every row count). Measured on this workplace's CPU (PERF_NOTES.md, L31): with AVX-512
+    the kernel beats oneDNN from 1 to 2,048 rows on both benchmark models' shapes; built for AVX2
+    it is level with oneDNN's AVX2 kernels at 48-256 rows and behind below 12 rows for wide inputs,
+    so there it runs up to 48 rows for inputs of at most 512 features and 12 beyond."""
+    if vector_bits() >= 512:
+        return None
     return 48 if in_features <= 512 else 12
 
 
-__all__ = ["pack_weight", "pad_bias", "linear_cpu", "linear_ref", "few_rows_limit", "NR"]
+__all__ = ["pack_weight", "pad_bias", "linear_cpu", "linear_ref", "few_rows_limit", "vector_bits", "NR"]
