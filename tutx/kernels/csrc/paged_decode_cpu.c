@@ -44,6 +44,7 @@
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
+typedef float vf_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
 
 static inline __attribute__((always_inline)) vf lane_select(vi mask, vf a, vf b)  /* mask ? a : b, per lane */
 {
@@ -264,8 +265,8 @@ static inline __attribute__((always_inline)) void decode_item_t(
         const float *vb = v_pool + (int64_t)table[t0 / bs] * bs * stride + h * D;
         const int64_t n = L - t0 < bs ? L - t0 : bs;
         for (int64_t j = 0; j < n; j++) {
-            vf vr[D / LANES];
-            memcpy(vr, vb + j * stride, sizeof(vr));
+            vf vr[D / LANES];  /* loaded as values (a memcpy into the array went through the stack) */
+            for (int i = 0; i < D / LANES; i++) vr[i] = *(const vf_unaligned *)(vb + j * stride + i * LANES);
 #pragma GCC unroll 8
             for (int g = 0; g < G; g++) {
                 const float p = scores[g * Lp + t0 + j];
