@@ -4,10 +4,11 @@
         '{}' '{"c_glue": false}' '{"prepack_weights": false}' '{"attention_backend": "sdpa", "prepack_weights": false}'
 
 Each argument is one engine: ``EngineConfig`` fields as JSON (``max_num_seqs=64`` unless given),
-plus three measurement-only switches: ``"c_glue": false`` turns off the C layer glue
+plus measurement-only switches: ``"c_glue": false`` turns off the C layer glue
 (``ModelRunner.cpu_ops``) and leaves the rest; ``"keys_transposed": false`` keeps the C path's keys
 in rows (``ModelRunner.keys_transposed``); ``"few_rows": false`` runs every product through oneDNN
-(``PackedLinears.few_rows``); ``"keep_freed_memory": false`` puts glibc's malloc settings back
+(``PackedLinears.few_rows``); ``"fused_silu": false`` runs the MLP's gate|up product and its SiLU
+apart (``PackedLinears.fused_silu``); ``"keep_freed_memory": false`` puts glibc's malloc settings back
 before each of that engine's runs (:func:`tutx.engine.cpu_memory.keep_freed_memory`; the others run
 with the engine's). All engines share one model, get the workload of
 ``scripts/bench_engines.py`` (the same requests, greedy, eos ignored), one warm-up run each, then
@@ -58,8 +59,10 @@ def main(argv=None) -> list[str]:
         spec = json.loads(text)
         glue, transposed = spec.pop("c_glue", True), spec.pop("keys_transposed", True)
         few_rows, keep = spec.pop("few_rows", True), spec.pop("keep_freed_memory", True)
+        fused_silu = spec.pop("fused_silu", True)
         engine = LLMEngine(model, tok, EngineConfig(**{"max_num_seqs": 64, **spec}))
         engine.runner.linear.few_rows = engine.runner.linear.few_rows and few_rows
+        engine.runner.linear.fused_silu = fused_silu
         engine.runner.cpu_ops = engine.runner.cpu_ops and glue
         engine.runner.keys_transposed = engine.runner.keys_transposed and transposed and glue
         state = {"model": model, "tok": tok, "engine": engine}

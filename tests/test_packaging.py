@@ -94,6 +94,9 @@ for area in json.loads(sys.argv[2]):
 for name in ("PERF_NOTES.md", "README.md"):
     assert (RESULTS_DIR / name).is_file(), f"{name} is not shipped"
 assert (TINY_DIR / "model.safetensors").is_file()
+from tutx.kernels.cpu_build import CSRC
+for name in ("linear_cpu.c", "paged_decode_cpu.c", "llama_cpu_ops.c", "vec_math.h"):  # compiled on first use
+    assert (CSRC / name).is_file(), f"kernels/csrc/{name} is not shipped"
 print(json.dumps(found))
 """
 

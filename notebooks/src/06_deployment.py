@@ -734,9 +734,11 @@ else:
 # `EngineConfig(mixed_prefill_budget=N)` caps the prompt tokens of a step that also decodes, which
 # trades throughput for a shorter time per output token during a burst of prompts.
 # On the CPU both engines do the same three things below the Python: attention in C over the
-# paged cache, linear layers through oneDNN with weights reordered once at start-up, and the
-# elementwise glue of a layer (norms, rotary embedding, SiLU) fused into single passes. Ours adds
-# its own kernel for products of few rows, where oneDNN is slow.
+# paged cache, linear layers with weights reordered once at start-up, and the elementwise glue of
+# a layer (norms, rotary embedding, SiLU) fused into single passes. vLLM's products run through
+# oneDNN; ours through our own register-blocked kernel, which on this AVX-512 machine beats
+# oneDNN at every row count from a decode step's few dozen to a prefill step's thousands, and
+# which computes the MLP's gate and up products and SiLU-and-multiply in one pass.
 #
 # **What moved the numbers.** `tutx/results/PERF_NOTES.md` ("Engine on CPU") records every
 # lever tried, with its prediction written before the measurement and the outcome from
@@ -753,8 +755,12 @@ else:
 # 16 scores at once; keys stored *transposed* within each block of the pool, so that the decode
 # kernel scores 16 keys with one vector multiply-add per dimension and head (and asks for the
 # next block before it needs it: the pages lie anywhere in a pool larger than the caches); and
-# products of a few dozen rows — a decode step's — through our own register-blocked kernel
-# (`tutx.kernels.linear_cpu`), which beats oneDNN below ~48 rows on this machine. Others did
+# the matrix products through our own register-blocked kernel (`tutx.kernels.linear_cpu`), with
+# the gate and up products and SiLU in one pass; its first version reached only ~73% of the
+# CPU's peak because the compiler sent the weight vectors through the stack, and it beat oneDNN
+# only below ~48 rows until that was found. And one that is not in the table, since it is
+# process-wide: malloc keeps a step's freed activations for the next step
+# (`tutx.engine.cpu_memory.keep_freed_memory`) instead of page-faulting them in afresh. Others did
 # not: `torch.compile` of the decode step (minutes of compiling, no faster), pinning each thread
 # to a core (slower here), a first prefill kernel that put *keys* in the lanes (slower), and two
 # earlier rewrites of the decode kernel's inner loops (no faster in the engine). Greedy output

@@ -89,6 +89,22 @@ def test_fuse_and_many_equal_the_separate_outputs(rows):
 
 
 @onednn
+@pytest.mark.parametrize("few_rows", [True, False], ids=["linear_silu_cpu", "onednn-and-silu_mul"])
+@pytest.mark.parametrize("rows", ROWS)
+def test_silu_output_equals_the_mlp_before_down_proj(rows, few_rows):
+    model = tiny_llama()
+    packed = PackedLinears(model, few_rows=few_rows)
+    mlp = model.model.layers[1].mlp
+    group = (mlp.gate_proj, mlp.up_proj)
+    assert packed.fuse(group)
+    x = inputs(rows, mlp.gate_proj.in_features)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.silu_output(group, x), mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x),
+                                   atol=1e-5, rtol=1e-5)
+    assert (("silu", group) in packed._few) == few_rows
+
+
+@onednn
 def test_fuse_with_bias():
     torch.manual_seed(2)
     group = (torch.nn.Linear(24, 8), torch.nn.Linear(24, 3), torch.nn.Linear(24, 5))

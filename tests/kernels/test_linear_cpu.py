@@ -1,9 +1,10 @@
-"""The few-rows linear kernel (tutx/kernels/csrc/linear_cpu.c) against F.linear."""
+"""The linear kernels of tutx/kernels/csrc/linear_cpu.c against F.linear (and SiLU-and-multiply)."""
 import pytest
 import torch
 
 from tutx.kernels import cpu_build
-from tutx.kernels.linear_cpu import NR, few_rows_limit, linear_cpu, linear_ref, pack_weight, pad_bias, vector_bits
+from tutx.kernels.linear_cpu import (NR, few_rows_limit, linear_cpu, linear_ref, linear_silu_cpu, linear_silu_ref,
+                                     pack_gated, pack_weight, pad_bias, vector_bits)
 
 pytestmark = pytest.mark.skipif(cpu_build.compiler() is None, reason="no C compiler to build the CPU kernel")
 
@@ -95,3 +96,40 @@ def test_narrower_vector_builds_match_f_linear(tmp_path, march, flag):
         y = torch.empty(m, n)
         lib.tutx_linear_f32(x.data_ptr(), k, packed.data_ptr(), bias.data_ptr(), y.data_ptr(), n, m, n, k, 2)
         torch.testing.assert_close(y, linear_ref(x, w, b), atol=1e-4, rtol=1e-5)
+    lib.tutx_linear_silu_f32.argtypes = [P, I, P, P, I, I, I, I, ctypes.c_int]
+    for m, i, k in [(1, 32, 16), (7, 640, 256), (13, 70, 33)]:  # the gated kernel too
+        x, w, _ = make(m, 2 * i, k, seed=m)
+        y = torch.empty(m, i)
+        lib.tutx_linear_silu_f32(x.data_ptr(), k, pack_gated(w).data_ptr(), y.data_ptr(), i, m, i, k, 2)
+        torch.testing.assert_close(y, linear_silu_ref(x, w[:i], w[i:]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("m", [1, 6, 7, 48, 70])
+@pytest.mark.parametrize("i,k", [(32, 16), (640, 256), (100, 33), (1, 7), (70, 640)])  # full and partial tiles
+def test_linear_silu_matches_the_reference(m, i, k):
+    g = torch.Generator().manual_seed(i + k)
+    x, wg, wu = torch.randn(m, k, generator=g), torch.randn(i, k, generator=g), torch.randn(i, k, generator=g)
+    packed = pack_gated(torch.cat([wg, wu]))
+    assert packed.shape == (-(-i // (NR // 2)), k, NR)
+    out = linear_silu_cpu(x, packed, i)
+    assert out.shape == (m, i)
+    torch.testing.assert_close(out, linear_silu_ref(x, wg, wu), atol=1e-4, rtol=1e-4)
+
+
+def test_linear_silu_extremes_and_bad_inputs():
+    x = torch.tensor([[1.0]])
+    gate = torch.tensor([[-1e4], [-80.0], [0.0], [3.0], [1e4], [float("nan")]])
+    up = torch.full((6, 1), 2.0)
+    out = linear_silu_cpu(x, pack_gated(torch.cat([gate, up])), 6)
+    ref = linear_silu_ref(x, gate, up)
+    torch.testing.assert_close(out[:, :5], ref[:, :5], atol=1e-30, rtol=1e-5)  # no NaN from exp(-large)
+    assert out[0, 5].isnan()
+    packed = pack_gated(torch.randn(8, 4))
+    with pytest.raises(ValueError, match=r"^weight: expected \[2 I, K\]"):
+        pack_gated(torch.randn(7, 4))
+    with pytest.raises(ValueError, match=r"^x: expected 4 input features"):
+        linear_silu_cpu(torch.randn(2, 5), packed, 4)
+    with pytest.raises(ValueError, match=r"^intermediate: "):
+        linear_silu_cpu(torch.randn(2, 4), packed, 40)
+    with pytest.raises(TypeError, match=r"^x: "):
+        linear_silu_cpu(torch.randn(2, 4).double(), packed, 4)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from tutx.kernels.cpu_build import KernelBuildError
-from tutx.kernels.linear_cpu import few_rows_limit, linear_cpu, pack_weight, pad_bias
+from tutx.kernels.linear_cpu import few_rows_limit, linear_cpu, linear_silu_cpu, pack_gated, pack_weight, pad_bias
+from tutx.kernels.llama_cpu_ops import silu_mul_cpu
 
 
 def prepack_supported(weight: torch.Tensor) -> bool:
@@ -46,6 +47,7 @@ class PackedLinears:
         self.enabled = enabled
         self.batch_hint = batch_hint
         self.few_rows = few_rows  # products of few rows through linear_cpu (fp32 weights)
+        self.fused_silu = True  # silu_output through linear_silu_cpu where linear_cpu would run
         self.packed: dict[torch.nn.Module, torch.Tensor] = {}
         self.fused: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, list[int]]] = {}
         self._few: dict = {}  # module or fused group -> (packed, padded bias, out_features, row limit) or None
@@ -112,6 +114,32 @@ class PackedLinears:
         weight, bias, _ = self.fused[modules]
         out = self._few_rows_product(modules, lambda: [m.weight for m in modules], bias, x)
         return out if out is not None else torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    def silu_output(self, modules: tuple, x: torch.Tensor) -> torch.Tensor:
+        """``silu(gate(x)) * up(x)`` for a fused ``(gate_proj, up_proj)`` group without biases:
+        ``[T, intermediate]``. One pass through :func:`~tutx.kernels.linear_cpu.linear_silu_cpu`
+        where :meth:`fused_output` would use ``linear_cpu`` (the ``[T, 2 I]`` product is never
+        written), else the fused product and :func:`~tutx.kernels.llama_cpu_ops.silu_mul_cpu`."""
+        key = ("silu", modules)
+        if self.few_rows and self.fused_silu and x.dim() == 2 and self.fused[modules][1] is None:
+            few = self._few[key] if key in self._few else self._gated(key, modules)
+            if few is not None and (few[3] is None or x.shape[0] <= few[3]):
+                return linear_silu_cpu(x.contiguous(), few[0], few[2], trusted=True)
+        return silu_mul_cpu(self.fused_output(modules, x), trusted=True)
+
+    def _gated(self, key, modules):
+        """``linear_silu_cpu``'s packed weight for a (gate, up) group (made on first use), or None."""
+        entry = None
+        gate, up = modules
+        if gate.weight.dtype == torch.float32 and gate.out_features == up.out_features:
+            with torch.no_grad():
+                weight = torch.cat([gate.weight.detach(), up.weight.detach()])  # [2 I, in]
+            try:
+                entry = (pack_gated(weight), None, gate.out_features, few_rows_limit(weight.shape[1]))
+            except KernelBuildError:  # no C compiler: oneDNN and silu_mul
+                entry = None
+        self._few[key] = entry
+        return entry
 
     def many(self, modules: tuple, x: torch.Tensor) -> list[torch.Tensor]:
         """``[m(x) for m in modules]``, as one product when :meth:`fuse` packed them together."""

@@ -27,7 +27,7 @@ from tutx.engine.cpu_linear import PackedLinears
 from tutx.engine.cpu_memory import keep_freed_memory
 from tutx.engine.sequence import Sequence
 from tutx.kernels.paged_decode import check_block_tables, paged_decode_attention
-from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu, silu_mul_cpu
+from tutx.kernels.llama_cpu_ops import add_rms_norm_cpu, rope_store_cpu
 from tutx.kernels.paged_decode_cpu import paged_decode_attention_cpu, paged_prefill_attention_cpu
 
 from tutx.engine.config import BACKENDS, cdiv
@@ -305,7 +305,7 @@ class ModelRunner:
     def _layers_cpu(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """:meth:`_layers` with the glue in C (:mod:`tutx.kernels.llama_cpu_ops`): each layer is a
         residual add + RMSNorm, the fused q|k|v product, rotary + KV write, attention, o_proj,
-        add + RMSNorm, the fused gate|up product, SiLU-and-multiply, down_proj. The tensors are the
+        add + RMSNorm, the gate|up product fused with SiLU-and-multiply, down_proj. The tensors are the
         runner's own, so the kernels run without their argument checks (``trusted=True``). The keys
         of each pool block are stored transposed (:attr:`keys_transposed`)."""
         t, d, hq, hkv = h.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
@@ -333,7 +333,7 @@ class ModelRunner:
                 o = paged_decode_attention_cpu(q, k_pool, v_pool, tables, lengths,
                                                sm_scale=attn.scaling, validate=False, trusted=True, keys_transposed=kt)
             x = add_rms_norm_cpu(h, self.linear(o_proj, o.reshape(t, -1)), w_post, eps_post, trusted=True)
-            residual = self.linear(down_proj, silu_mul_cpu(self.linear.fused_output(gate_up_group, x), trusted=True))
+            residual = self.linear(down_proj, self.linear.silu_output(gate_up_group, x))
         return h.add_(residual)
 
     def _final_norm(self, h: torch.Tensor) -> torch.Tensor:

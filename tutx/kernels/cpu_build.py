@@ -60,7 +60,9 @@ def build(source: str, defines: dict[str, int] | None = None) -> ctypes.CDLL:
         raise KernelBuildError("no C compiler: set CC, or install gcc (the CPU kernels are compiled on first use)")
     src = CSRC / source
     flags = [*COMPILE_FLAGS, *(f"-D{k}={int(v)}" for k, v in sorted((defines or {}).items()))]
-    key = hashlib.sha256("\0".join([src.read_text(), *flags, *LINK_FLAGS, _compiler_version(cc)]).encode()).hexdigest()
+    headers = [h.read_text() for h in sorted(CSRC.glob("*.h"))]  # what a source may include
+    key = hashlib.sha256("\0".join([src.read_text(), *headers, *flags, *LINK_FLAGS, _compiler_version(cc)])
+                         .encode()).hexdigest()
     name = f"{src.stem}-{key[:16]}"
     if name in _loaded:
         return _loaded[name]

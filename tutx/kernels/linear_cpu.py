@@ -33,6 +33,9 @@ def _lib():
     lib.tutx_pack_weight.argtypes = [_P, _P, _I, _I]
     lib.tutx_linear_f32.argtypes = [_P, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
     lib.tutx_pack_weight.restype = lib.tutx_linear_f32.restype = None
+    lib.tutx_pack_gated.argtypes = [_P, _P, _I, _I]
+    lib.tutx_linear_silu_f32.argtypes = [_P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    lib.tutx_pack_gated.restype = lib.tutx_linear_silu_f32.restype = None
     lib.tutx_linear_vector_bits.argtypes = []
     lib.tutx_linear_vector_bits.restype = ctypes.c_int
     return lib
@@ -93,6 +96,51 @@ def linear_cpu(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: t
     return y
 
 
+def pack_gated(weight: torch.Tensor) -> torch.Tensor:
+    """A fused gate|up weight ``[2 I, K]`` (gate rows first) packed for :func:`linear_silu_cpu`:
+    ``[ceil(I / 32), K, 64]``, each tile 32 gate columns and then the 32 up columns they pair with."""
+    _check_f32("weight", weight, 2)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight: expected [2 I, K] (gate rows, then up rows), got {tuple(weight.shape)}")
+    weight = weight.detach().contiguous()
+    i, k = weight.shape[0] // 2, weight.shape[1]
+    packed = torch.empty(-(-i // (NR // 2)), k, NR)
+    _lib().tutx_pack_gated(weight.data_ptr(), packed.data_ptr(), i, k)
+    return packed
+
+
+def linear_silu_cpu(x: torch.Tensor, packed: torch.Tensor, intermediate: int, trusted: bool = False) -> torch.Tensor:
+    """``silu(x @ Wg.T) * (x @ Wu.T)``: ``[M, intermediate]``, with ``packed = pack_gated(cat([Wg, Wu]))``.
+
+    A Llama MLP's gate and up products and its SiLU-and-multiply in one pass: the ``[M, 2 I]``
+    intermediate is never written. ``trusted=True`` skips the checks (the engine's own tensors).
+    """
+    if not trusted:
+        _check_f32("x", x, 2)
+        _check_f32("packed", packed, 3)
+        tiles, k, nr = packed.shape
+        if nr != NR or not packed.is_contiguous():
+            raise ValueError(f"packed: expected a contiguous [tiles, K, {NR}] tensor from pack_gated, "
+                             f"got {tuple(packed.shape)}")
+        if x.shape[1] != k:
+            raise ValueError(f"x: expected {k} input features (from packed), got {x.shape[1]}")
+        if not (tiles - 1) * NR // 2 < intermediate <= tiles * NR // 2:
+            raise ValueError(f"intermediate: expected ({(tiles - 1) * NR // 2}, {tiles * NR // 2}] for {tiles} "
+                             f"packed tiles, got {intermediate}")
+        if x.stride(1) != 1:
+            x = x.contiguous()
+    m, k = x.shape
+    y = torch.empty(m, intermediate)
+    _lib().tutx_linear_silu_f32(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(), intermediate, m,
+                                intermediate, k, torch.get_num_threads())
+    return y
+
+
+def linear_silu_ref(x: torch.Tensor, weight_gate: torch.Tensor, weight_up: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_silu_cpu` in PyTorch."""
+    return torch.nn.functional.silu(x @ weight_gate.T) * (x @ weight_up.T)
+
+
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`linear_cpu` in PyTorch."""
     return torch.nn.functional.linear(x, weight, bias)
@@ -115,4 +163,5 @@ def few_rows_limit(in_features: int) -> int | None:
     return 48 if in_features <= 512 else 12
 
 
-__all__ = ["pack_weight", "pad_bias", "linear_cpu", "linear_ref", "few_rows_limit", "vector_bits", "NR"]
+__all__ = ["pack_weight", "pad_bias", "linear_cpu", "linear_ref", "pack_gated", "linear_silu_cpu", "linear_silu_ref",
+           "few_rows_limit", "vector_bits", "NR"]

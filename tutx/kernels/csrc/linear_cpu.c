@@ -43,8 +43,13 @@
 #define NV (NR / LANES)  /* vectors per tile */
 #define MR 6             /* rows per micro-kernel call */
 
+#define HALF (NR / 2)    /* a gated tile: 32 gate columns, then the 32 up columns that pair with them */
+
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 typedef float vf_unaligned __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
+
+#include "vec_math.h"
 
 /* w [N, K] row-major -> packed [ceil(N / NR), K, NR], zero columns past N. */
 void tutx_pack_weight(const float *restrict w, float *restrict packed, int64_t N, int64_t K)
@@ -60,12 +65,31 @@ void tutx_pack_weight(const float *restrict w, float *restrict packed, int64_t N
         }
 }
 
-/* One block: rows m0 .. m0 + mr - 1 of y, NB * LANES columns of a tile from wt (ncols of them
- * valid: nothing is stored when ncols <= 0). `mr` is a literal at each call site, so the row loops
- * unroll and the accumulators stay in registers. */
+/* w [2 I, K] (gate rows, then up rows: a fused gate|up projection) -> packed [ceil(I / 32), K, 64]:
+ * tile t holds gate columns 32 t .. 32 t + 31 and then the up columns with the same indices, so
+ * that one block has both halves of silu(gate) * up in registers. Zeros past I. */
+void tutx_pack_gated(const float *restrict w, float *restrict packed, int64_t I, int64_t K)
+{
+    const int64_t tiles = (I + HALF - 1) / HALF;
+    for (int64_t t = 0; t < tiles; t++)
+        for (int64_t k = 0; k < K; k++) {
+            float *dst = packed + (t * K + k) * NR;
+            for (int64_t j = 0; j < HALF; j++) {
+                const int64_t i = t * HALF + j;
+                dst[j] = i < I ? w[i * K + k] : 0.0f;
+                dst[HALF + j] = i < I ? w[(I + i) * K + k] : 0.0f;
+            }
+        }
+}
+
+/* One block: rows m0 .. m0 + mr - 1 of y, NB vectors of a tile from wt, over all K. Plain: the NB
+ * vectors are consecutive columns, NB * LANES of y (ncols of them valid). Gated: the first NB / 2
+ * are gate columns and the rest the up columns HALF further on, and y gets silu(gate) * up, NB / 2
+ * vectors (ncols valid). Nothing is stored when ncols <= 0. `mr` and `gated` are literals at each
+ * call site, so the loops unroll and the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void block(
     const float *restrict x, int64_t ldx, const float *restrict wt, int64_t K, const float *restrict bias,
-    float *restrict y, int64_t ldy, int64_t ncols, const int mr)
+    float *restrict y, int64_t ldy, int64_t ncols, const int mr, const int gated)
 {
     vf acc[MR][NB];
 #pragma GCC unroll 6
@@ -73,27 +97,60 @@ static inline __attribute__((always_inline)) void block(
         for (int v = 0; v < NB; v++) acc[m][v] = (vf){0};
     for (int64_t k = 0; k < K; k++) {
         vf w[NB];
-        for (int v = 0; v < NB; v++) w[v] = *(const vf_unaligned *)(wt + k * NR + v * LANES);
+        for (int v = 0; v < NB; v++) {
+            const int off = gated && v >= NB / 2 ? HALF + (v - NB / 2) * LANES : v * LANES;
+            w[v] = *(const vf_unaligned *)(wt + k * NR + off);
+        }
 #pragma GCC unroll 6
         for (int m = 0; m < mr; m++) {
             const float xv = x[m * ldx + k];
             for (int v = 0; v < NB; v++) acc[m][v] += xv * w[v];
         }
     }
-    if (bias != NULL) {
+    if (bias != NULL && !gated) {
 #pragma GCC unroll 6
         for (int m = 0; m < mr; m++)
             for (int v = 0; v < NB; v++) acc[m][v] += *(const vf_unaligned *)(bias + v * LANES);
     }
+    const int nout = gated ? NB / 2 : NB;  /* vectors of y per row */
+    if (gated) {  /* silu(g) * u = g / (1 + exp(-g)) * u */
+#pragma GCC unroll 6
+        for (int m = 0; m < mr; m++)
+            for (int v = 0; v < NB / 2; v++) {
+                const vf g = acc[m][v];
+                acc[m][v] = g / (1.0f + vexp(-g)) * acc[m][v + NB / 2];
+            }
+    }
 #pragma GCC unroll 6
     for (int m = 0; m < mr; m++) {
-        if (ncols >= NB * LANES) {
-            for (int v = 0; v < NB; v++) *(vf_unaligned *)(y + m * ldy + v * LANES) = acc[m][v];
-        } else if (ncols > 0) {  /* the end of an N that is not a multiple of 64 (through a buffer: acc stays in registers) */
+        if (ncols >= nout * LANES) {
+            for (int v = 0; v < nout; v++) *(vf_unaligned *)(y + m * ldy + v * LANES) = acc[m][v];
+        } else if (ncols > 0) {  /* the end of an N that is not a multiple of the tile (through a buffer: acc stays in registers) */
             float buf[NB * LANES];
-            for (int v = 0; v < NB; v++) memcpy(buf + v * LANES, &acc[m][v], sizeof(vf));
+            for (int v = 0; v < nout; v++) memcpy(buf + v * LANES, &acc[m][v], sizeof(vf));
             memcpy(y + m * ldy, buf, sizeof(float) * ncols);
         }
+    }
+}
+
+/* All row blocks of one tile's columns from wt (see block); the last rows with literal counts, so
+ * that those blocks unroll too. */
+static inline __attribute__((always_inline)) void rows(
+    const float *restrict x, int64_t ldx, const float *restrict wt, int64_t K, const float *restrict bias,
+    float *restrict y, int64_t ldy, int64_t M, int64_t ncols, const int gated)
+{
+    int64_t m0 = 0;
+    for (; m0 + MR <= M; m0 += MR)
+        block(x + m0 * ldx, ldx, wt, K, bias, y + m0 * ldy, ldy, ncols, MR, gated);
+    const float *xr = x + m0 * ldx;
+    float *yr = y + m0 * ldy;
+    switch (M - m0) {
+    case 1: block(xr, ldx, wt, K, bias, yr, ldy, ncols, 1, gated); break;
+    case 2: block(xr, ldx, wt, K, bias, yr, ldy, ncols, 2, gated); break;
+    case 3: block(xr, ldx, wt, K, bias, yr, ldy, ncols, 3, gated); break;
+    case 4: block(xr, ldx, wt, K, bias, yr, ldy, ncols, 4, gated); break;
+    case 5: block(xr, ldx, wt, K, bias, yr, ldy, ncols, 5, gated); break;
+    default: break;
     }
 }
 
@@ -106,25 +163,23 @@ void tutx_linear_f32(const float *restrict x, int64_t ldx, const float *restrict
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (M * N * K >= (1 << 18))
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t tile_cols = N - t * NR < NR ? N - t * NR : NR;
-        for (int sub = 0; sub < NV / NB; sub++) {  /* one pass with AVX-512, four with AVX2 */
-            const int64_t c0 = sub * NB * LANES, ncols = tile_cols - c0;
-            if (ncols <= 0)
-                break;
-            const float *wt = packed + t * K * NR + c0, *bt = bias ? bias + t * NR + c0 : NULL;
-            int64_t m0 = 0;
-            for (; m0 + MR <= M; m0 += MR)
-                block(x + m0 * ldx, ldx, wt, K, bt, y + m0 * ldy + t * NR + c0, ldy, ncols, MR);
-            const float *xr = x + m0 * ldx;
-            float *yr = y + m0 * ldy + t * NR + c0;
-            switch (M - m0) {  /* the last rows: literal counts, so these blocks unroll too */
-            case 1: block(xr, ldx, wt, K, bt, yr, ldy, ncols, 1); break;
-            case 2: block(xr, ldx, wt, K, bt, yr, ldy, ncols, 2); break;
-            case 3: block(xr, ldx, wt, K, bt, yr, ldy, ncols, 3); break;
-            case 4: block(xr, ldx, wt, K, bt, yr, ldy, ncols, 4); break;
-            case 5: block(xr, ldx, wt, K, bt, yr, ldy, ncols, 5); break;
-            default: break;
-            }
-        }
+        for (int64_t c0 = 0; c0 < tile_cols; c0 += NB * LANES)  /* one pass with AVX-512, four with AVX2 */
+            rows(x, ldx, packed + t * K * NR + c0, K, bias ? bias + t * NR + c0 : NULL, y + t * NR + c0, ldy, M,
+                 tile_cols - c0, 0);
+    }
+}
+
+/* silu(x @ Wg^T) * (x @ Wu^T) in one pass, with W = [Wg; Wu] packed by tutx_pack_gated: the MLP of
+ * a Llama layer without its [M, 2 I] intermediate. x [M, K] (row stride ldx), y [M, I] (row stride ldy). */
+void tutx_linear_silu_f32(const float *restrict x, int64_t ldx, const float *restrict packed, float *restrict y,
+                          int64_t ldy, int64_t M, int64_t I, int64_t K, int num_threads)
+{
+    const int64_t tiles = (I + HALF - 1) / HALF;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (M * I * K >= (1 << 17))
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t tile_cols = I - t * HALF < HALF ? I - t * HALF : HALF;
+        for (int64_t c0 = 0; c0 < tile_cols; c0 += NB / 2 * LANES)
+            rows(x, ldx, packed + t * K * NR + c0, K, NULL, y + t * HALF + c0, ldy, M, tile_cols - c0, 1);
     }
 }
 
