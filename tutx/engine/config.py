@@ -19,8 +19,11 @@ class EngineConfig:
     - ``block_size``: token slots per KV-cache block.
     - ``num_blocks``: blocks in the pool (None: room for ``max_num_seqs`` sequences of ``max_model_len``).
     - ``max_num_seqs``: most sequences running at once.
-    - ``max_num_batched_tokens``: most prompt tokens in one prefill step (None: ``max(2048, max_model_len)``;
-      must be >= ``max_model_len`` so that any prompt fits a step).
+    - ``max_num_batched_tokens``: most prompt tokens in one prefill step (None: ``max(3072, max_model_len)``;
+      must be >= ``max_model_len`` so that any prompt fits a step). A larger budget means fewer,
+      longer prefill steps in a burst of prompts: the running requests wait through fewer of them
+      (time per output token down) while the first tokens come later. 3,072 was measured on the
+      five workloads of ``scripts/bench_engines.py`` against 2,048 and 4,096 (PERF_NOTES.md, L35).
     - ``max_model_len``: context length (None: the model's ``max_position_embeddings``).
     - ``enable_prefix_caching``: share identical full prompt blocks between requests.
     - ``attention_backend``: "auto", "triton", "sdpa" or "cpu" (see :class:`~tutx.engine.ModelRunner`).
@@ -105,7 +108,7 @@ class EngineConfig:
             raise ValueError(f"max_model_len: expected at most the model's max_position_embeddings={model_len}, "
                              f"got {max_len}")
         num_blocks = self.num_blocks or self.max_num_seqs * cdiv(max_len, self.block_size)
-        budget = self.max_num_batched_tokens or max(2048, max_len)
+        budget = self.max_num_batched_tokens or max(3072, max_len)
         return replace(self, max_model_len=max_len, num_blocks=num_blocks, max_num_batched_tokens=budget)
 
 
