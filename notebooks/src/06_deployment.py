@@ -765,9 +765,9 @@ else:
 # to a core (slower here), a first prefill kernel that put *keys* in the lanes (slower), and two
 # earlier rewrites of the decode kernel's inner loops (no faster in the engine). Greedy output
 # stays token-identical to `generate` with every option, as the table's last column checks. In
-# the lever table each row turns more of them off, cumulatively; `c_glue`, `keys_transposed` and
-# `few_rows` are switches of the measuring script (they reach into the model runner), the others
-# `EngineConfig` fields.
+# the lever table each row turns more of them off, cumulatively; `fused_silu`, `few_rows`,
+# `keys_transposed` and `c_glue` are switches of the measuring script (they reach into the model
+# runner), the others `EngineConfig` fields.
 
 # %%
 levers_log = Path(tutx.__file__).parent / "results" / "logs" / "engine_levers.log"
