@@ -82,10 +82,13 @@ def test_narrower_vector_builds_match_f_linear(tmp_path, march, flag):
 
     if flag not in _cpu_flags():
         pytest.skip(f"needs an x86 CPU with {flag}")
-    lib_path = tmp_path / f"linear_{march}.so"
-    cmd = [cpu_build.compiler(), *[f for f in cpu_build.COMPILE_FLAGS if f != "-march=native"], f"-march={march}",
-           "-shared", str(cpu_build.CSRC / "linear_cpu.c"), "-o", str(lib_path), *cpu_build.LINK_FLAGS]
-    subprocess.run(cmd, check=True, capture_output=True)
+    obj, lib_path = tmp_path / f"linear_{march}.o", tmp_path / f"linear_{march}.so"
+    cc, flags = cpu_build.compiler(), [f for f in cpu_build.COMPILE_FLAGS if f != "-march=native"]
+    # compiled and linked apart, as cpu_build does: linked with -ffast-math, the library would set
+    # flush-to-zero for the whole process when loaded (crtfastmath.o)
+    subprocess.run([cc, *flags, f"-march={march}", "-c", str(cpu_build.CSRC / "linear_cpu.c"), "-o", str(obj)],
+                   check=True, capture_output=True)
+    subprocess.run([cc, str(obj), "-o", str(lib_path), *cpu_build.LINK_FLAGS], check=True, capture_output=True)
     lib = ctypes.CDLL(str(lib_path))
     assert lib.tutx_linear_vector_bits() == (256 if march == "haswell" else 128)
     P, I = ctypes.c_void_p, ctypes.c_int64
@@ -134,3 +137,13 @@ def test_linear_silu_extremes_and_bad_inputs():
         linear_silu_cpu(torch.randn(2, 4), packed, 40)
     with pytest.raises(TypeError, match=r"^x: "):
         linear_silu_cpu(torch.randn(2, 4).double(), packed, 4)
+
+
+def test_loading_the_kernels_keeps_subnormal_floats():
+    """Built with -ffast-math but linked without it: loading a kernel library must not turn on
+    flush-to-zero for the whole process (hypothesis, numpy and torch then see 0 for subnormals)."""
+    from tutx.kernels import linear_cpu as lc, llama_cpu_ops, paged_decode_cpu
+
+    lc._lib(), llama_cpu_ops._lib(), paged_decode_cpu._kernel(32)
+    tiny = torch.finfo(torch.float32).tiny
+    assert (torch.tensor(tiny) / 2).item() > 0
