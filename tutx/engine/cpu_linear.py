@@ -87,27 +87,30 @@ class PackedLinears:
         """``x``'s product through :func:`linear_cpu` when it has few enough rows for it
         (:func:`~tutx.kernels.linear_cpu.few_rows_limit`; None: use oneDNN).
         ``weights()`` gives the module's or fused group's weights, read only on the first call."""
+        few = self._c_weight(key, weights, bias, x)
+        return None if few is None else linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
+
+    def _c_weight(self, key, weights, bias, x: torch.Tensor, gated: bool = False):
+        """The C kernel's packed weight for ``key`` (a module, a fused group, or ``("silu", group)``
+        with ``gated``) when it takes ``x``: ``(packed, padded bias, out features, row limit)``, made
+        on first use from ``weights()``; None where oneDNN runs instead (no C compiler, not fp32,
+        too many rows)."""
         if not self.few_rows or x.dim() != 2:
             return None
-        few = self._few[key] if key in self._few else self._few_rows(key, weights(), bias)
-        if few is None or (few[3] is not None and x.shape[0] > few[3]):
-            return None
-        return linear_cpu(x.contiguous(), few[0], few[2], few[1], trusted=True)
-
-    def _few_rows(self, key, weights, bias):
-        """``linear_cpu``'s packed weight for a module or fused group (made on first use), or None."""
         if key not in self._few:
-            entry = None
-            if weights[0].dtype == torch.float32:
+            entry, ws = None, weights()
+            if ws[0].dtype == torch.float32 and not (gated and ws[0].shape != ws[1].shape):
                 with torch.no_grad():
-                    weight = torch.cat([w.detach() for w in weights])  # [sum(out), in]
+                    weight = torch.cat([w.detach() for w in ws])  # [sum(out), in]
                 try:
-                    packed = pack_weight(weight)
-                    entry = (packed, pad_bias(bias, packed), weight.shape[0], few_rows_limit(weight.shape[1]))
+                    packed = pack_gated(weight) if gated else pack_weight(weight)
+                    entry = (packed, None if gated else pad_bias(bias, packed),
+                             weight.shape[0] // 2 if gated else weight.shape[0], few_rows_limit(weight.shape[1]))
                 except KernelBuildError:  # no C compiler: oneDNN for every product
                     entry = None
             self._few[key] = entry
-        return self._few[key]
+        few = self._few[key]
+        return None if few is None or (few[3] is not None and x.shape[0] > few[3]) else few
 
     def fused_output(self, modules: tuple, x: torch.Tensor) -> torch.Tensor:
         """The product of a fused group, unsplit: ``[T, sum of out_features]`` (contiguous)."""
@@ -120,26 +123,11 @@ class PackedLinears:
         ``[T, intermediate]``. One pass through :func:`~tutx.kernels.linear_cpu.linear_silu_cpu`
         where :meth:`fused_output` would use ``linear_cpu`` (the ``[T, 2 I]`` product is never
         written), else the fused product and :func:`~tutx.kernels.llama_cpu_ops.silu_mul_cpu`."""
-        key = ("silu", modules)
-        if self.few_rows and self.fused_silu and x.dim() == 2 and self.fused[modules][1] is None:
-            few = self._few[key] if key in self._few else self._gated(key, modules)
-            if few is not None and (few[3] is None or x.shape[0] <= few[3]):
+        if self.fused_silu and self.fused[modules][1] is None:
+            few = self._c_weight(("silu", modules), lambda: [m.weight for m in modules], None, x, gated=True)
+            if few is not None:
                 return linear_silu_cpu(x.contiguous(), few[0], few[2], trusted=True)
         return silu_mul_cpu(self.fused_output(modules, x), trusted=True)
-
-    def _gated(self, key, modules):
-        """``linear_silu_cpu``'s packed weight for a (gate, up) group (made on first use), or None."""
-        entry = None
-        gate, up = modules
-        if gate.weight.dtype == torch.float32 and gate.out_features == up.out_features:
-            with torch.no_grad():
-                weight = torch.cat([gate.weight.detach(), up.weight.detach()])  # [2 I, in]
-            try:
-                entry = (pack_gated(weight), None, gate.out_features, few_rows_limit(weight.shape[1]))
-            except KernelBuildError:  # no C compiler: oneDNN and silu_mul
-                entry = None
-        self._few[key] = entry
-        return entry
 
     def many(self, modules: tuple, x: torch.Tensor) -> list[torch.Tensor]:
         """``[m(x) for m in modules]``, as one product when :meth:`fuse` packed them together."""

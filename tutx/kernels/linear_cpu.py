@@ -46,6 +46,25 @@ def _check_f32(name: str, t: torch.Tensor, dim: int) -> None:
         raise TypeError(f"{name}: expected a {dim}-D float32 CPU tensor, got {t.dim()}-D {t.dtype} on {t.device}")
 
 
+def _checked_input(x: torch.Tensor, packed: torch.Tensor, packer: str, name: str, outputs: int,
+                   cols_per_tile: int) -> torch.Tensor:
+    """The checks :func:`linear_cpu` and :func:`linear_silu_cpu` share: ``x [M, K]`` against a packed
+    weight made by ``packer``, whose tiles give ``cols_per_tile`` outputs each (``name``: ``outputs``).
+    Returns ``x`` with unit column stride."""
+    _check_f32("x", x, 2)
+    _check_f32("packed", packed, 3)
+    tiles, k, nr = packed.shape
+    if nr != NR or not packed.is_contiguous():
+        raise ValueError(f"packed: expected a contiguous [tiles, K, {NR}] tensor from {packer}, "
+                         f"got {tuple(packed.shape)}")
+    if x.shape[1] != k:
+        raise ValueError(f"x: expected {k} input features (from packed), got {x.shape[1]}")
+    lo, hi = (tiles - 1) * cols_per_tile, tiles * cols_per_tile
+    if not lo < outputs <= hi:
+        raise ValueError(f"{name}: expected ({lo}, {hi}] for {tiles} packed tiles, got {outputs}")
+    return x if x.stride(1) == 1 else x.contiguous()
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight [N, K]`` (an ``nn.Linear``'s) packed for :func:`linear_cpu`: ``[ceil(N / 64), K, 64]``,
     zeros past ``N``."""
@@ -74,21 +93,10 @@ def linear_cpu(x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: t
     engine's own contiguous fp32 tensors): wrong shapes then read out of bounds.
     """
     if not trusted:
-        _check_f32("x", x, 2)
-        _check_f32("packed", packed, 3)
-        tiles, k, nr = packed.shape
-        if nr != NR or not packed.is_contiguous():
-            raise ValueError(f"packed: expected a contiguous [tiles, K, {NR}] tensor from pack_weight, "
-                             f"got {tuple(packed.shape)}")
-        if x.shape[1] != k:
-            raise ValueError(f"x: expected {k} input features (from packed), got {x.shape[1]}")
-        if not (tiles - 1) * NR < out_features <= tiles * NR:
-            raise ValueError(f"out_features: expected ({(tiles - 1) * NR}, {tiles * NR}] for {tiles} packed tiles, "
-                             f"got {out_features}")
+        x = _checked_input(x, packed, "pack_weight", "out_features", out_features, NR)
+        tiles = packed.shape[0]
         if bias is not None and (bias.dtype != torch.float32 or bias.shape != (tiles * NR,)):
             raise ValueError(f"bias: expected float32 [{tiles * NR}] (pad_bias), got {bias.dtype} {tuple(bias.shape)}")
-        if x.stride(1) != 1:
-            x = x.contiguous()
     m, k = x.shape
     y = torch.empty(m, out_features)
     _lib().tutx_linear_f32(x.data_ptr(), x.stride(0), packed.data_ptr(), None if bias is None else bias.data_ptr(),
@@ -116,19 +124,7 @@ def linear_silu_cpu(x: torch.Tensor, packed: torch.Tensor, intermediate: int, tr
     intermediate is never written. ``trusted=True`` skips the checks (the engine's own tensors).
     """
     if not trusted:
-        _check_f32("x", x, 2)
-        _check_f32("packed", packed, 3)
-        tiles, k, nr = packed.shape
-        if nr != NR or not packed.is_contiguous():
-            raise ValueError(f"packed: expected a contiguous [tiles, K, {NR}] tensor from pack_gated, "
-                             f"got {tuple(packed.shape)}")
-        if x.shape[1] != k:
-            raise ValueError(f"x: expected {k} input features (from packed), got {x.shape[1]}")
-        if not (tiles - 1) * NR // 2 < intermediate <= tiles * NR // 2:
-            raise ValueError(f"intermediate: expected ({(tiles - 1) * NR // 2}, {tiles * NR // 2}] for {tiles} "
-                             f"packed tiles, got {intermediate}")
-        if x.stride(1) != 1:
-            x = x.contiguous()
+        x = _checked_input(x, packed, "pack_gated", "intermediate", intermediate, NR // 2)
     m, k = x.shape
     y = torch.empty(m, intermediate)
     _lib().tutx_linear_silu_f32(x.data_ptr(), x.stride(0), packed.data_ptr(), y.data_ptr(), intermediate, m,
